@@ -1,0 +1,56 @@
+# vlm-platform: two commands do everything on a fresh machine.
+#   make demo   install (once) and run the whole pipeline on the embedded default (configs/quickstart.yaml)
+#   make test   install (once) and run the default test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/quickstart.yaml
+PYTEST_ARGS ?=
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export VLM_CACHE_DIR ?= $(CURDIR)/.cache/vlm
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-slow test-all lint images compile clean help
+
+help:
+	@echo "make demo       run the whole pipeline locally ($(CONFIG))"
+	@echo "make test       run the default test suite"
+	@echo "make test-slow  run the slow tests (demo configuration, long trainings)"
+	@echo "make images     build the container images (needs a Docker engine)"
+
+setup: $(STAMP)
+
+# Re-installs only when the pins or the package metadata change; otherwise a no-op.
+$(STAMP): pyproject.toml requirements/lock.txt requirements/nodeps.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements/lock.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements/nodeps.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/vlm run --config $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+compile: setup
+	$(BIN)/vlm compile --output pipeline.yaml
+
+images:
+	docker build -f images/cpu.Dockerfile -t vlm-platform:cpu .
+	docker build -f images/cuda.Dockerfile -t vlm-platform:cuda .
+
+clean:
+	rm -rf local_outputs .pytest_cache build *.egg-info
