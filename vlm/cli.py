@@ -23,6 +23,7 @@ app.add_typer(config_app, name="config")
 
 # Modules that add stage commands; each defines register(app: typer.Typer).
 COMMAND_MODULES: list[str] = [
+    "vlm.data.cli",
 ]
 
 

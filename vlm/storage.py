@@ -231,6 +231,7 @@ def open_write(uri: str | os.PathLike) -> Iterator[IO[bytes]]:
         path = Path(_local(uri))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; published files get the usual mode
         try:
             with os.fdopen(fd, "wb") as fh:
                 yield fh
@@ -246,6 +247,13 @@ def open_write(uri: str | os.PathLike) -> Iterator[IO[bytes]]:
         yield tmp
         tmp.flush()
         upload_file(tmp.name, uri)
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _spool_dir() -> str | None:
@@ -379,12 +387,11 @@ def local_copy(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
         return Path(_local(uri))
     bucket, key = split_s3(str(uri))
     root = Path(cache_dir or os.environ.get("VLM_CACHE_DIR", Path.home() / ".cache" / "vlm")) / "s3" / bucket / key
-    files = list_uris(uri)
-    single = len(files) == 1 and files[0].rstrip("/") == str(uri).rstrip("/")
-    if single:
+    if key and not key.endswith("/") and exists(uri):  # a single object
         if not root.exists():
             download_file(uri, root)
         return root
+    files = list_uris(uri)
     if not files:
         raise FileNotFoundError(str(uri))
     prefix = str(uri).rstrip("/") + "/"
