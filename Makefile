@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow test-all lint images compile clean help
+.PHONY: setup system-deps demo test test-slow test-all images compile clean help
 
 help:
 	@echo "make demo       run the whole pipeline locally ($(CONFIG))"
@@ -32,6 +32,11 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/nodeps.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements/nodeps.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# Optional system packages (Debian/Ubuntu, as root): tesseract for the OCR expert's tesseract backend
+# (the default OCR backend, rapidocr, needs none) and Java for PTB tokenization / METEOR in evaluation.
+system-deps:
+	apt-get update -qq && apt-get install -y -qq tesseract-ocr default-jre-headless
 
 demo: setup
 	$(BIN)/vlm run --config $(CONFIG)

@@ -23,7 +23,14 @@ app.add_typer(config_app, name="config")
 
 # Modules that add stage commands; each defines register(app: typer.Typer).
 COMMAND_MODULES: list[str] = [
+    "vlm.pipeline_cli",
+    "vlm.train.cli",
+    "vlm.align.cli",
     "vlm.data.cli",
+    "vlm.experts.cli",
+    "vlm.registry.cli",
+    "vlm.eval.cli",
+    "vlm.models.cli",
 ]
 
 

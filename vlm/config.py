@@ -22,7 +22,9 @@ from vlm.configbase import Section
 from vlm.data.config import ShardConfig
 from vlm.eval.config import EvalConfig
 from vlm.experts.config import ExpertsConfig
+from vlm.k8s.config import ClusterConfig
 from vlm.models.config import ModelConfig
+from vlm.registry.config import GateConfig, RegistryConfig
 from vlm.train.config import TrainConfig
 
 __all__ = ["PipelineConfig", "ConfigError", "load_config", "parse_config", "TrackingConfig", "RegistryConfig",
@@ -34,21 +36,6 @@ class TrackingConfig(Section):
 
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (local sqlite by default)")
     experiment: str = Field("", description="MLflow experiment; empty = the pipeline name")
-
-
-class GateConfig(Section):
-    """When a new model version may become ``champion``."""
-
-    primary_metric: str = "cider"
-    higher_is_better: bool = True
-    min_delta: float = Field(0.0, description="must beat the champion's primary metric by at least this")
-    thresholds: dict[str, float] = Field(default_factory=dict, description="metric -> minimum value")
-
-
-class RegistryConfig(Section):
-    enabled: bool = True
-    model_name: str = Field("", description="registered model name; empty = vlm-<adapter>")
-    gate: GateConfig = GateConfig()
 
 
 class PipelineConfig(Section):
@@ -64,6 +51,7 @@ class PipelineConfig(Section):
     align: AlignConfig = AlignConfig()
     eval: EvalConfig = EvalConfig()
     registry: RegistryConfig = RegistryConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     def registered_model_name(self) -> str:
         return self.registry.model_name or f"vlm-{self.model.adapter.type}"

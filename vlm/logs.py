@@ -16,7 +16,10 @@ def setup_logging(level: str | int | None = None) -> None:
     if any(getattr(h, "_vlm", False) for h in root.handlers):
         root.setLevel(level)
         return
-    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    from rich.console import Console
+
+    # logs go to stderr, so commands that print JSON/YAML on stdout stay parseable
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
     handler.setFormatter(logging.Formatter(fmt))
     handler._vlm = True  # type: ignore[attr-defined]
     root.addHandler(handler)

@@ -81,7 +81,7 @@ def test_cli_validate_exit_codes(tmp_path):
 def test_cli_schema_is_json_schema():
     res = runner.invoke(app, ["config", "schema"])
     assert res.exit_code == 0
-    schema = json.loads(res.output)
+    schema = json.loads(res.stdout)
     assert schema["type"] == "object"
     assert {"data", "model", "train", "align", "eval", "registry"} <= set(schema["properties"])
     import jsonschema
@@ -101,3 +101,9 @@ def test_config_loads_from_s3(s3_prefix):
 def test_version_flag():
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0 and "vlm-platform" in res.output
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "tiny.yaml", "stage1.yaml", "cluster.yaml"])
+def test_shipped_configs_are_valid(name):
+    cfg = load_config(default_config_path().parent / name)
+    assert cfg.name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vlm.configbase import Section
 
@@ -20,16 +20,35 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(10, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     shuffle_buffer: int = Field(256, ge=0)
-    eval_every: int = Field(0, ge=0)
+    split: str = Field("train", description="shard split to train on")
+    eval_split: str = Field("val", description="held-out split for the fixed eval set (falls back to test)")
+    eval_every: int = Field(0, ge=0, description="0 = evaluate only before and after training")
     eval_samples: int = Field(64, ge=0)
+    log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    resume: bool = Field(True, description="resume from the latest checkpoint when one exists")
     output: str = Field("", description="model artefact URI; empty = <run root>/<stage>/model")
-    checkpoint_dir: str = Field("", description="checkpoint URI; empty = <output>/../checkpoints")
+    checkpoint_dir: str = Field("", description="checkpoint URI; empty = <output>/../checkpoints/<stage>")
     tasks: list[Literal["caption", "vqa"]] = Field(default_factory=lambda: ["caption", "vqa"])
+    caption_instructions: list[str] = Field(
+        default_factory=lambda: ["Describe this image.", "What is in this image?", "Write a short caption for this image."],
+        description="instruction drawn at random for each caption example")
+    init_from: str = Field("", description="model artefact URI to start from (stage two starts from stage one)")
+    labels: str = Field("", description="expert labels URI (`vlm experts` output) when model.experts is set; "
+                                        "--labels wins")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if not self.tasks:
+            raise ValueError("tasks must name at least one of 'caption', 'vqa'")
+        if "caption" in self.tasks and not self.caption_instructions:
+            raise ValueError("caption_instructions must not be empty when the caption task is on")
+        return self

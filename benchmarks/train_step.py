@@ -1,0 +1,171 @@
+"""Step time and samples/s of the training engine vs a plain reference loop, in the same run.
+
+    .venv/bin/python benchmarks/train_step.py                      # default models (EfficientNet-Lite0 + SmolLM2), CPU
+    .venv/bin/python benchmarks/train_step.py --tiny               # tiny random models (smoke test, seconds)
+    .venv/bin/python benchmarks/train_step.py --realistic          # GPU: ~1B Llama + ViT-L (random init), bf16 ZeRO-2
+
+The reference loop calls the model directly (fp32, torch AdamW, no strategy, no clipping/scheduler/autocast).
+The engine runs the same pre-collated batches through ``vlm.train`` strategies (``none`` and, with
+``--realistic`` or ``--strategy deepspeed``, DeepSpeed ZeRO-2 in one process) with fp32 and bf16 autocast.
+Prints one JSON line per variant: step time, samples/s, tokens/s, peak memory and (GPU) MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _images(n: int, size: int = 64):
+    from PIL import Image, ImageDraw
+
+    out = []
+    for i in range(n):
+        img = Image.new("RGB", (size, size), (240, 240, 240))
+        ImageDraw.Draw(img).ellipse((8, 8, size - 8, size - 8), fill=((i * 70) % 255, 90, 200))
+        out.append(img)
+    return out
+
+
+def _examples(n: int) -> list[dict]:
+    return [{"image": im, "instruction": "What shape is in the image?", "answer": "a circle in the middle of the image"}
+            for im in _images(n)]
+
+
+def _realistic_sources(root: Path) -> dict:
+    """Randomly initialised ~1B Llama and ViT-L/16 checkpoints written once (weights cannot be downloaded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
+
+    from vlm.models.llm import tiny_tokenizer
+
+    llm_dir, vit_dir = root / "llama-1b", root / "vit-l16"
+    if not (llm_dir / "config.json").exists():
+        tok = tiny_tokenizer()
+        cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                          num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+                          torch_dtype="bfloat16")
+        LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(llm_dir)
+        tok.save_pretrained(llm_dir)
+    if not (vit_dir / "config.json").exists():
+        ViTModel(ViTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                           image_size=224, patch_size=16)).save_pretrained(vit_dir)
+    return {"vision": {"type": "hf", "source": str(vit_dir)}, "llm": {"type": "hf", "source": str(llm_dir)}}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _measure(step_fn, batches, warmup: int, steps: int, device, batch_size: int, tokens: int, fpt: float | None):
+    for b in batches[:warmup]:
+        step_fn(b)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step_fn(batches[(warmup + i) % len(batches)])
+    _sync(device)
+    dt = (time.perf_counter() - t0) / steps
+    out = {"step_time_s": round(dt, 4), "samples_per_s": round(batch_size / dt, 2), "tokens_per_s": round(tokens / dt, 1)}
+    if device.type == "cuda":
+        out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        from vlm.train.loop import peak_flops
+
+        peak = peak_flops(device)
+        if peak and fpt:
+            out["mfu"] = round(tokens / dt * fpt / peak, 4)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="tiny random vision encoder and LLM")
+    ap.add_argument("--realistic", action="store_true", help="~1B Llama + ViT-L/16, random init (GPU)")
+    ap.add_argument("--adapter", default="linear")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--strategy", default="", help="also time this strategy (e.g. deepspeed) besides 'none'")
+    ap.add_argument("--cache", default=os.environ.get("VLM_CACHE_DIR", ".cache/vlm"))
+    args = ap.parse_args()
+
+    from vlm.logs import setup_logging
+    from vlm.models.config import ModelConfig
+    from vlm.train.config import TrainConfig
+    from vlm.train.dist import DistInfo
+    from vlm.train.loop import _to, _tokens, flops_per_token, model_factory
+    from vlm.train.strategies import get_strategy
+
+    setup_logging("WARNING")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model_kw: dict = {"adapter": {"type": args.adapter}}
+    if args.tiny:
+        model_kw.update(vision={"type": "tiny"}, llm={"type": "tiny"})
+    if args.realistic:
+        model_kw.update(_realistic_sources(Path(args.cache) / "bench-models"))
+    mcfg = ModelConfig.model_validate(model_kw)
+    build = model_factory()
+    torch.manual_seed(0)
+    model = build(mcfg).to(device)
+    counts = model.parameter_counts()
+    batches = [model.collate(_examples(args.batch_size)) for _ in range(2)]
+    batches = [_to(b, device) for b in batches]
+    tokens = _tokens(batches[0])
+    fpt = flops_per_token(counts)
+    header = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+              "vision": mcfg.vision.type, "llm": mcfg.llm.type, "adapter": mcfg.adapter.type, **counts,
+              "batch_size": args.batch_size, "text_tokens_per_batch": tokens}
+    print(json.dumps(header), flush=True)
+    init = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
+
+    def reset():
+        model.load_trainable_state_dict(init)
+
+    # the reference: the model called directly, fp32, plain AdamW
+    model.train(True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
+
+    def ref_step(batch):
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    variants = [("reference fp32", None, None)]
+    if not args.realistic:
+        variants += [("engine none fp32", "none", "fp32")]
+    variants += [("engine none bf16", "none", "bf16")]
+    if args.strategy or args.realistic:
+        variants += [(f"engine {args.strategy or 'deepspeed'} zero2 bf16", args.strategy or "deepspeed", "bf16")]
+    for name, strategy, precision in variants:
+        reset()
+        if strategy is None:
+            fn = ref_step
+        else:
+            if strategy == "deepspeed":
+                os.environ.setdefault("RANK", "0"), os.environ.setdefault("WORLD_SIZE", "1")
+                os.environ.setdefault("LOCAL_RANK", "0"), os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+                os.environ.setdefault("MASTER_PORT", "29517")
+            tcfg = TrainConfig(strategy=strategy, precision=precision, batch_size=args.batch_size, lr=1e-4,
+                               steps=args.steps + args.warmup, zero_stage=2)
+            strat = get_strategy(tcfg, DistInfo(0, 1, 0, device))
+            strat.setup(model)
+
+            def fn(batch, strat=strat):
+                strat.micro_step(batch, last=True)
+                strat.step()
+        res = _measure(fn, batches, args.warmup, args.steps, device, args.batch_size, tokens, fpt)
+        print(json.dumps({"variant": name, **res}), flush=True)
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory():
+        main()

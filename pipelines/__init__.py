@@ -1,0 +1,1 @@
+"""kfp pipeline definitions (the DAG only; stage logic lives in ``vlm``)."""

@@ -1,0 +1,83 @@
+"""The example stream: deterministic, resumable by position, split across ranks, bad samples counted."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from vlm.train.data import DataError, ExampleBuilder, ExampleStream, SampleStream, eval_examples, list_shards
+
+
+def _stream(shards, rank=0, world=1, seed=0, buffer=8, tasks=("caption", "vqa"), worker=0, workers=1):
+    samples = SampleStream(shards, rank, world, seed, buffer, worker=worker, num_workers=workers)
+    return ExampleStream(samples, ExampleBuilder(list(tasks), ["Describe.", "Caption this."], seed))
+
+
+def _keys(stream, n, skip=0):
+    return [(pos, ex["key"], ex["task"], ex["instruction"]) for pos, ex in itertools.islice(stream.examples(skip), n)]
+
+
+def test_lists_split_shards_in_order(shards):
+    train = list_shards(shards, "train")
+    assert [u.rsplit("/", 1)[-1] for u in train] == [f"train-{i:06d}.tar" for i in range(4)]
+    assert len(list_shards(shards, "val")) == 1
+    assert list_shards(shards, "nope") == []
+
+
+def test_stream_is_deterministic_and_skip_resumes_exactly(shards):
+    urls = list_shards(shards, "train")
+    full = _keys(_stream(urls), 60)  # more than one epoch (47 usable samples)
+    assert full == _keys(_stream(urls), 60)
+    assert _keys(_stream(urls), 40, skip=full[19][0]) == full[20:60]
+    assert full != _keys(_stream(urls, seed=1), 60)  # the seed matters
+    first_epoch = [k for _, k, _, _ in full[:47]]
+    assert len(set(first_epoch)) == 47  # every usable sample once per epoch
+
+
+def test_ranks_and_workers_partition_the_data(shards):
+    urls = list_shards(shards, "train")
+    per_rank = [{k for _, k, _, _ in _keys(_stream(urls, rank=r, world=2), 23)} for r in range(2)]
+    assert not per_rank[0] & per_rank[1]
+    assert len(per_rank[0] | per_rank[1]) == 46  # 47 usable samples, both ranks' first 23
+    # fewer shards than ranks: samples are dealt round-robin instead
+    one = urls[:1]
+    a = {k for _, k, _, _ in _keys(_stream(one, rank=0, world=3, buffer=0), 3)}
+    b = {k for _, k, _, _ in _keys(_stream(one, rank=1, world=3, buffer=0), 3)}
+    assert a and b and not a & b
+    w = [{k for _, k, _, _ in _keys(_stream(urls, worker=i, workers=2), 10)} for i in range(2)]
+    assert not w[0] & w[1]
+
+
+def test_bad_samples_are_rejected_and_counted(shards):
+    stream = _stream(list_shards(shards, "train"), buffer=0)
+    got = _keys(stream, 47)
+    assert "train00000" not in {k for _, k, _, _ in got}  # its image is not an image
+    assert stream.rejected["undecodable"] == 1
+    vqa_only = _stream(list_shards(shards, "train"), tasks=("vqa",))
+    ex = next(vqa_only.examples())[1]
+    assert ex["task"] == "vqa" and ex["instruction"] == "What color is the shape?"
+    assert ex["answer"] in {"red", "green", "blue", "yellow"}
+
+
+def test_examples_follow_the_tasks(shards):
+    exs = [ex for _, ex in itertools.islice(_stream(list_shards(shards, "train")).examples(), 40)]
+    caps = [e for e in exs if e["task"] == "caption"]
+    vqas = [e for e in exs if e["task"] == "vqa"]
+    assert caps and vqas
+    assert {e["instruction"] for e in caps} <= {"Describe.", "Caption this."}
+    assert all(e["answer"].startswith("a ") for e in caps)
+    assert all(e["answer"] == e["answer"].strip() and " " not in e["answer"] for e in vqas)
+
+
+def test_eval_set_is_fixed(shards):
+    a = eval_examples(shards, "val", 6, ["caption", "vqa"], "Describe.")
+    b = eval_examples(shards, "val", 6, ["caption", "vqa"], "Describe.")
+    assert [(e["key"], e["task"]) for e in a] == [(e["key"], e["task"]) for e in b]
+    assert len(a) == 6 and {e["task"] for e in a} == {"caption", "vqa"}
+    assert all(e["instruction"] == "Describe." for e in a if e["task"] == "caption")
+
+
+def test_empty_input_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no shards"):
+        SampleStream([])

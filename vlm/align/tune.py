@@ -1,0 +1,76 @@
+"""Stage two: fine-tune the stage-one model on the curated set with the training engine.
+
+Every example is ``###Human: <Img><ImageHere></Img> <instruction> ###Assistant: <curated description>``, the
+instruction drawn at random from ``align.finetune.caption_instructions`` (MiniGPT-4's description requests
+unless the config lists others). Only the task ``caption`` is trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from typing import Any
+
+from vlm import storage
+from vlm.align.config import DETAILED_INSTRUCTIONS
+
+log = logging.getLogger(__name__)
+
+
+def stage_two_config(cfg):
+    """``cfg`` with ``align.finetune`` set for stage two: tasks=["caption"], detailed-description requests."""
+    from vlm.train.config import TrainConfig
+
+    ft = cfg.align.finetune
+    update: dict[str, Any] = {"tasks": ["caption"]}
+    if list(ft.caption_instructions) == list(TrainConfig().caption_instructions):  # the generic default
+        update["caption_instructions"] = list(DETAILED_INSTRUCTIONS)
+    ft = TrainConfig.model_validate({**ft.model_dump(), **update})
+    return cfg.model_copy(update={"align": cfg.align.model_copy(update={"finetune": ft})})
+
+
+def check_curated(curated_uri: str) -> dict[str, Any]:
+    """The curated set's manifest; a clear error when it is missing or holds no kept sample."""
+    manifest_uri = storage.join(curated_uri, "manifest.json")
+    if not storage.exists(manifest_uri):
+        raise FileNotFoundError(f"{curated_uri} is not a curated set (no manifest.json); run `vlm align curate` first")
+    manifest = json.loads(storage.read_text(manifest_uri))
+    if not manifest.get("totals", {}).get("samples"):
+        raise ValueError(f"the curated set {curated_uri} kept no sample ({manifest.get('rejected')}); "
+                         "relax align filters or sample more images")
+    return manifest
+
+
+def finetune(cfg_path_or_cfg, curated_uri: str, init_from: str, output_uri: str) -> dict[str, Any]:
+    """Fine-tune ``init_from`` (a stage-one model artefact URI) on ``curated_uri``; writes a model artefact.
+
+    ``cfg_path_or_cfg``: a PipelineConfig or a YAML path/URI. With ``align.finetune.nproc`` > 1 (and not
+    already inside torchrun) the run is launched with torchrun through ``vlm.train.run_stage``.
+    Returns the training engine's summary (final metrics + artefact URI).
+    """
+    from vlm.config import PipelineConfig, dump_config, load_config
+
+    cfg = cfg_path_or_cfg if isinstance(cfg_path_or_cfg, PipelineConfig) else load_config(cfg_path_or_cfg)
+    init_from = init_from or cfg.align.finetune.init_from
+    if not init_from:
+        raise ValueError("stage two starts from the stage-one model: pass init_from (a model artefact URI)")
+    if not storage.exists(storage.join(init_from, "vlm_config.json")):
+        raise FileNotFoundError(f"{init_from} is not a model artefact (no vlm_config.json)")
+    manifest = check_curated(curated_uri)
+    cfg = stage_two_config(cfg)
+    log.info("stage two: %d curated samples, %d steps from %s", manifest["totals"]["samples"],
+             cfg.align.finetune.steps, init_from)
+    nproc = cfg.align.finetune.nproc
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from vlm.train import run_stage
+
+        with tempfile.TemporaryDirectory(prefix="vlm-align-") as tmp:
+            path = os.path.join(tmp, "config.yaml")
+            with open(path, "w") as fh:
+                fh.write(dump_config(cfg))
+            return run_stage(path, "finetune", str(curated_uri), str(output_uri), str(init_from), nproc)
+    from vlm.train import train
+
+    return train(cfg, "finetune", str(curated_uri), str(output_uri), init_from=str(init_from))

@@ -1,0 +1,116 @@
+"""The curated set on disk: DESIGN.md shards (caption = final text), a json listing and summary statistics.
+
+Layout under the output URI::
+
+    train-000000.tar ...   kept samples: {key}.{jpg|png|webp} (source bytes) + {key}.json (caption = final)
+    manifest.json          name, config, shards (name, count, sha256), totals, rejected counts by reason
+    curated.json           one entry per sampled image: key, raw, cleaned, final caption, reasons, changes
+    summary.json           kept/rejected, repetition rate, cut-off rate and length before and after
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from collections import Counter
+from statistics import mean
+from typing import Any
+
+from vlm import storage
+from vlm.align.clean import is_cut_off, repetition_rate, word_count
+from vlm.align.samples import ImageSample
+
+SPLIT = "train"
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # deterministic shards
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def sample_json(record: dict[str, Any], sample: ImageSample) -> dict[str, Any]:
+    meta = sample.meta or {}
+    width, height = meta.get("width"), meta.get("height")
+    if not width or not height:
+        width, height = sample.image().size
+    return {"caption": record["final"], "captions": [record["final"]], "source": meta.get("source", "align"),
+            "width": width, "height": height, "raw_description": record["raw"],
+            "original_caption": meta.get("caption")}
+
+
+def write_shards(kept: list[dict[str, Any]], samples: dict[str, ImageSample], output_uri: str,
+                 samples_per_shard: int) -> list[dict[str, Any]]:
+    shards = []
+    for index, start in enumerate(range(0, len(kept), samples_per_shard)):
+        buf = io.BytesIO()
+        chunk = kept[start : start + samples_per_shard]
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for record in chunk:
+                sample = samples[record["key"]]
+                _add(tar, f"{record['key']}.{sample.ext}", sample.data)
+                _add(tar, f"{record['key']}.json", json.dumps(sample_json(record, sample)).encode())
+        data = buf.getvalue()
+        name = f"{SPLIT}-{index:06d}.tar"
+        storage.write_bytes(storage.join(output_uri, name), data)
+        shards.append({"name": name, "split": SPLIT, "count": len(chunk), "sha256": storage.sha256_bytes(data)})
+    return shards
+
+
+def _avg(values: list[float]) -> float:
+    return round(mean(values), 4) if values else 0.0
+
+
+def summarize(records: list[dict[str, Any]], ngram: int = 3) -> dict[str, Any]:
+    """Counts and before/after quality figures over all sampled images (and over the kept ones)."""
+    kept = [r for r in records if r["kept"]]
+    rejected = Counter(reason for r in records for reason in r["reasons"])
+    first_reason = Counter(r["reasons"][0] for r in records if r["reasons"])
+    changes = Counter(c["reason"] for r in records for c in r["changes"])
+    raws = [r["raw"] for r in records]
+    finals = [r["final"] for r in kept]
+    return {
+        "sampled": len(records),
+        "kept": len(kept),
+        "rejected": len(records) - len(kept),
+        "keep_rate": round(len(kept) / len(records), 4) if records else 0.0,
+        "rejected_by_reason": dict(sorted(rejected.items())),
+        "rejected_by_first_reason": dict(sorted(first_reason.items())),
+        "changes_by_reason": dict(sorted(changes.items())),
+        "continued": sum(1 for r in records if r["continued"]),
+        "rewritten": sum(1 for r in records if r.get("rewrite_accepted")),
+        "rewrite_refused": dict(Counter(r["rewrite_reason"] for r in records if r.get("rewrite_reason"))),
+        "repetition_raw": _avg([repetition_rate(t, ngram) for t in raws]),
+        "repetition_final": _avg([repetition_rate(t, ngram) for t in finals]),
+        "cut_off_raw": _avg([float(is_cut_off(t)) for t in raws]),
+        "cut_off_final": _avg([float(is_cut_off(t)) for t in finals]),
+        "words_raw": _avg([word_count(t) for t in raws]),
+        "words_final": _avg([word_count(t) for t in finals]),
+        "raw_tokens": _avg([r["raw_tokens"] for r in records]),
+    }
+
+
+def write_curated_set(records: list[dict[str, Any]], samples: dict[str, ImageSample], output_uri: str,
+                      config: dict[str, Any], samples_per_shard: int = 1000, ngram: int = 3) -> dict[str, Any]:
+    """Write shards, manifest, listing and summary; returns the summary."""
+    kept = [r for r in records if r["kept"]]
+    shards = write_shards(kept, samples, output_uri, samples_per_shard)
+    summary = summarize(records, ngram)
+    manifest = {
+        "name": "align-curated",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": config,
+        "shards": shards,
+        "totals": {"samples": len(kept), SPLIT: len(kept), "input": len(records)},
+        "rejected": summary["rejected_by_first_reason"],
+    }
+    listing = [{k: r.get(k) for k in ("key", "raw", "cleaned", "rewritten", "final", "kept", "reasons", "changes",
+                                     "continued", "raw_tokens", "itc_score", "source_shard")} for r in records]
+    storage.write_text(storage.join(output_uri, "curated.json"), json.dumps(listing, indent=1, ensure_ascii=False))
+    storage.write_text(storage.join(output_uri, "summary.json"), json.dumps(summary, indent=2))
+    storage.write_text(storage.join(output_uri, "manifest.json"), json.dumps(manifest, indent=2))
+    return summary

@@ -1,0 +1,118 @@
+"""``evaluate``: run the configured tasks over a dataset, write per-sample results + report, log to MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from vlm import storage, tracking
+from vlm.eval.config import EvalConfig
+
+log = logging.getLogger(__name__)
+
+
+def load_model(model_uri: str):
+    """A model artefact dir (local/S3) or an MLflow model (``models:/name@alias``, ``runs:/...``) logged by
+    ``vlm register`` (its ``model`` artifact is the artefact dir)."""
+    from vlm.models import load
+
+    if model_uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        import mlflow
+
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tempfile.mkdtemp(prefix="vlm-eval-")))
+        found = sorted(local.rglob("vlm_config.json"))
+        if not found:
+            raise FileNotFoundError(f"{model_uri}: no vlm_config.json inside the MLflow model (not logged by vlm?)")
+        return load(str(found[0].parent))
+    return load(model_uri)
+
+
+def _tokenizer_name(cfg: EvalConfig) -> str:
+    from vlm.eval.tokenize import default_tokenizer
+
+    return default_tokenizer() if cfg.tokenizer == "auto" else cfg.tokenizer
+
+
+def evaluate(model_uri: str, data_uri: str, cfg: EvalConfig | None = None, run_id: str | None = None, *,
+             output: str | None = None, experiment: str = "vlm-eval", tracking_uri: str | None = None,
+             track: bool = True, model: Any = None) -> dict[str, Any]:
+    """Evaluate ``model_uri`` on ``data_uri`` for ``cfg.tasks``.
+
+    Writes ``results.json`` (per sample), ``metrics.json``, ``summary.json`` and ``report.md``/``report.html``
+    (+ plots, example images) to ``output`` (default ``cfg.output`` or a temp folder), and logs metrics and the
+    report to MLflow: into ``run_id`` when given (e.g. the training run), else a new ``evaluate`` stage run.
+    Returns the JSON-able summary (``metrics``, counts, ``output``, ``report``, ``run_id``).
+    """
+    import torch
+
+    from vlm.eval.data import load_eval_data
+    from vlm.eval.report import write_report
+    from vlm.eval.tasks import TASKS
+
+    cfg = cfg or EvalConfig()
+    unknown = [t for t in cfg.tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
+    started = time.time()
+    model = model if model is not None else load_model(model_uri)
+    data = load_eval_data(data_uri, cfg)
+    results: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    skipped_tasks, skipped = [], {}
+    with torch.inference_mode():
+        for task in cfg.tasks:
+            t0 = time.time()
+            res = TASKS[task](model, data.samples, cfg)
+            if res is None:
+                log.warning("task %s: no usable samples in %s; skipped", task, data_uri)
+                skipped_tasks.append(task)
+                continue
+            results[task] = res.records
+            metrics.update(res.metrics)
+            counts[task] = res.n
+            skipped.update({f"{task}.{k}": v for k, v in res.skipped.items() if v})
+            log.info("%s on %d samples in %.1fs: %s", task, res.n, time.time() - t0,
+                     ", ".join(f"{k}={v:.4g}" for k, v in res.metrics.items()))
+    if not results:
+        raise ValueError(f"{data_uri}: none of the tasks {cfg.tasks} has usable samples "
+                         "(captions for caption/retrieval, qa for vqa)")
+    summary: dict[str, Any] = {
+        "model_uri": model_uri, "data_uri": data_uri, "format": data.format, "n_samples": len(data.samples),
+        "n": counts, "metrics": metrics, "rejected": dict(data.rejected), "skipped": skipped,
+        "skipped_tasks": skipped_tasks, "tokenizer": _tokenizer_name(cfg), "config": cfg.model_dump(mode="json"),
+        "seconds": round(time.time() - started, 2),
+    }
+    out_uri = output or cfg.output
+    with tempfile.TemporaryDirectory(prefix="vlm-eval-") as tmp:
+        local = Path(tmp)
+        (local / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+        (local / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        write_report(summary, results, data.samples, local, cfg.report_examples)
+        summary["run_id"] = None
+        if track and tracking.is_rank0():
+            summary["run_id"] = _log_to_mlflow(local, summary, run_id, experiment, tracking_uri)
+        if not out_uri:
+            out_uri = tempfile.mkdtemp(prefix="vlm-eval-report-")
+        summary["output"] = out_uri
+        summary["report"] = storage.join(out_uri, "report.html")
+        (local / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        storage.upload_tree(local, out_uri)
+    return summary
+
+
+def _log_to_mlflow(local: Path, summary: dict[str, Any], run_id: str | None, experiment: str,
+                   tracking_uri: str | None) -> str:
+    with tracking.stage_run("evaluate", experiment, run_id=run_id, tracking_uri=tracking_uri) as run:
+        run.log_metrics(summary["metrics"])
+        run.log_params({"eval." + k: v for k, v in summary["config"].items() if k in
+                        ("tasks", "split", "max_samples", "num_beams", "max_new_tokens")} |
+                       {"eval.data_uri": summary["data_uri"], "eval.model_uri": summary["model_uri"]})
+        run.set_tags({"vlm.eval.report": "eval/report.html", "vlm.eval.tokenizer": summary["tokenizer"]})
+        run.log_artifact(local, "eval")
+        return run.run_id

@@ -1,0 +1,1 @@
+"""Kubernetes side of training: PyTorchJob manifests (kubeflow-training SDK), validation, and a runner."""

@@ -1,0 +1,336 @@
+"""Pipeline steps: what each kfp component calls. Plain functions with simple-typed arguments.
+
+Each step loads the run's resolved config from ``config_uri``, opens its MLflow child run under the pipeline's
+parent run, calls the stage function (``vlm.data``, ``vlm.experts``, ``vlm.train``, ``vlm.align``,
+``vlm.eval``, ``vlm.registry``) and returns a JSON-able dict that the component turns into kfp outputs.
+The stage logic lives in those modules; nothing here re-implements it.
+
+Where artefacts go (all under ``cfg.root``, local or S3):
+
+- ``datasets/<hash of data config>`` and ``labels/<hash>``: content-addressed, so re-runs reuse them
+  (and kfp's cache can skip the steps on a cluster);
+- ``runs/<run tag>/``: ``config.yaml``, ``pretrain/``, ``align/``, ``finetune/``, ``eval/`` for one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlm import storage, tracking
+from vlm.config import PipelineConfig, load_config, parse_config
+
+log = logging.getLogger(__name__)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _absolute(uri: str, base: Path) -> str:
+    """Make a relative local path absolute (kfp runs steps from a temporary working directory)."""
+    if not uri or storage.is_s3(uri) or uri.startswith(("file://", "builtin:")) or os.path.isabs(uri):
+        return uri
+    return str((base / uri).resolve())
+
+
+def _absolute_tracking(uri: str, base: Path) -> str:
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((base / uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Resolve relative local paths in a raw config dict against ``base`` (the user's working directory)."""
+    data = json.loads(json.dumps(data or {}))
+    data["root"] = _absolute(data.get("root", "runs"), base)
+    tracking_ = data.setdefault("tracking", {})
+    tracking_["uri"] = _absolute_tracking(tracking_.get("uri", "sqlite:///mlflow.db"), base)
+    section = data.setdefault("data", {})
+    if section.get("input"):
+        section["input"] = _absolute(section["input"], base)
+    return data
+
+
+def run_layout(cfg: PipelineConfig, run_tag: str) -> dict[str, str]:
+    """Every URI of one pipeline run (explicit ``output`` fields in the config win)."""
+    data_key = _hash(cfg.data.model_dump(exclude={"output", "workers"}))
+    labels_key = _hash({"data": data_key, "experts": cfg.experts.model_dump(exclude={"output", "workers", "shard_groups",
+                                                                                      "batch_size", "device"})})
+    run_root = storage.join(cfg.root, "runs", run_tag)
+    return {
+        "run_root": run_root,
+        "config": storage.join(run_root, "config.yaml"),
+        "data": cfg.data.output or storage.join(cfg.root, "datasets", f"{cfg.data.name}-{data_key}"),
+        "labels": cfg.experts.output or storage.join(cfg.root, "labels", f"{cfg.data.name}-{labels_key}"),
+        "pretrain": cfg.train.output or storage.join(run_root, "pretrain", "model"),
+        "curated": cfg.align.output or storage.join(run_root, "align", "curated"),
+        "finetune": cfg.align.finetune.output or storage.join(run_root, "finetune", "model"),
+        "eval": cfg.eval.output or storage.join(run_root, "eval"),
+    }
+
+
+def _tag(run_tag: str) -> str:
+    tag = re.sub(r"[^a-z0-9-]+", "-", run_tag.lower()).strip("-")
+    return tag or "run"
+
+
+# ------------------------------------------------------------------------------------------ prepare
+def prepare(config_yaml: str, overrides_json: str = "{}", run_tag: str = "", parent_run_id: str = "",
+            launcher: str = "local") -> dict[str, Any]:
+    """Validate the config, apply the pipeline's knobs, write it to the run folder, open the parent run."""
+    data = yaml.safe_load(config_yaml) or {}
+    for dotted, value in (json.loads(overrides_json or "{}") or {}).items():
+        if value in (None, ""):
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    data.setdefault("cluster", {})["launcher"] = launcher
+    cfg = parse_config(data, source="pipeline config")
+    tag = _tag(run_tag)
+    layout = run_layout(cfg, tag)
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    storage.write_text(layout["config"], text)
+    tracking.configure(cfg.tracking.uri)
+    if not parent_run_id:
+        import mlflow
+        from mlflow import MlflowClient
+
+        mlflow.set_experiment(cfg.experiment_name())
+        exp_id = mlflow.get_experiment_by_name(cfg.experiment_name()).experiment_id
+        parent_run_id = MlflowClient().create_run(exp_id, run_name=f"pipeline-{tag}",
+                                                  tags={tracking.PIPELINE_TAG: cfg.name, "vlm.run_tag": tag}).info.run_id
+    run = tracking.Run(parent_run_id)
+    run.set_tags({"vlm.run_tag": tag, "vlm.launcher": launcher})
+    run.log_params({k: v for k, v in cfg.model_dump(mode="json").items() if k not in {"tracking"}})
+    run.log_text(text, "config.yaml")
+    log.info("pipeline run %s: config at %s, MLflow parent run %s", tag, layout["config"], parent_run_id)
+    return {"config_uri": layout["config"], "parent_run_id": parent_run_id, "run_tag": tag, **layout}
+
+
+def _stage(config_uri: str, stage: str, parent_run_id: str):
+    cfg = load_config(config_uri)
+    tracking.configure(cfg.tracking.uri)
+    return cfg, tracking.stage_run(stage, cfg.experiment_name(), parent_run_id=parent_run_id or None)
+
+
+# ------------------------------------------------------------------------------------------ stages
+def shard(config_uri: str, data_uri: str, parent_run_id: str = "") -> dict[str, Any]:
+    from vlm.data.shard import shard_dataset
+
+    cfg, run_ctx = _stage(config_uri, "shard", parent_run_id)
+    with run_ctx as run:
+        manifest = shard_dataset(cfg.data.input, data_uri, cfg.data)
+        run.log_params({"input": cfg.data.input, "output": data_uri})
+        run.log_metrics({"num_samples": manifest["num_samples"],
+                         **{f"rejected.{k}": v for k, v in manifest.get("rejected", {}).items()}})
+        run.log_dict(manifest, "manifest.json")
+    return {"data_uri": data_uri, "num_samples": manifest["num_samples"], "num_shards": len(manifest["shards"]),
+            "rejected": manifest.get("rejected", {})}
+
+
+def expert_groups(config_uri: str, data_uri: str) -> list[list[str]]:
+    from vlm.experts.runner import shard_groups
+
+    cfg = load_config(config_uri)
+    if not _experts_enabled(cfg):
+        return []
+    return shard_groups(data_uri, cfg.experts.shard_groups)
+
+
+def _experts_enabled(cfg: PipelineConfig) -> bool:
+    return bool(cfg.experts.enabled and cfg.experts.experts)
+
+
+def experts(config_uri: str, data_uri: str, labels_uri: str, shards: list[str] | None = None,
+            parent_run_id: str = "") -> dict[str, Any]:
+    from vlm.experts.runner import run_experts
+
+    cfg, run_ctx = _stage(config_uri, "experts", parent_run_id)
+    with run_ctx as run:
+        summary = run_experts(data_uri, labels_uri, cfg.experts.experts, cfg.experts, shards=shards)
+        run.log_params({"experts": cfg.experts.experts, "shards": len(shards or []) or "all"})
+        run.log_dict(summary, "experts_summary.json")
+    return summary
+
+
+def experts_index(config_uri: str, data_uri: str, labels_uri: str) -> str:
+    """Write ``labels.json`` after the fan-out; returns the labels URI, or "" when experts are off."""
+    from vlm.experts.runner import write_labels_index
+
+    if not _experts_enabled(load_config(config_uri)):
+        return ""
+    write_labels_index(data_uri, labels_uri)
+    return labels_uri
+
+
+def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from: str = "",
+          labels_uri: str = "", parent_run_id: str = "", run_tag: str = "") -> dict[str, Any]:
+    """Run a training stage: ``torchrun`` here (launcher ``local``) or a PyTorchJob (launcher ``pytorchjob``)."""
+    cfg = load_config(config_uri)
+    if stage == "finetune" and not cfg.align.enabled:
+        return {"output": init_from, "run_id": "", "skipped": True}
+    if stage == "finetune" and cfg.align.on_too_few == "skip" and _num_samples(data_uri) < max(cfg.align.min_kept, 1):
+        log.warning("curated set %s is too small; fine-tuning skipped, the stage-one model %s carries on",
+                    data_uri, init_from)
+        return {"output": init_from, "run_id": "", "skipped": True}
+    env = {tracking.PARENT_ENV: parent_run_id} if parent_run_id else {}
+    args = ["--config", config_uri, "--stage", stage, "--data", data_uri, "--output", output_uri]
+    if init_from:
+        args += ["--init-from", init_from]
+    if labels_uri and cfg.model.experts:
+        args += ["--labels", labels_uri]
+    summary_uri = storage.join(output_uri.rstrip("/") + "-summary.json")
+    args += ["--summary", summary_uri]
+    if cfg.cluster.launcher == "pytorchjob":
+        from vlm.k8s.pytorchjob import build_pytorchjob, job_name, run_pytorchjob
+
+        passthrough = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
+                                                  "AWS_DEFAULT_REGION") if os.environ.get(k)}
+        manifest = build_pytorchjob(job_name(stage, run_tag or "run"), args, cfg.cluster, env={**passthrough, **env},
+                                    labels={"app.kubernetes.io/part-of": "vlm-platform", "vlm.stage": stage})
+        run_pytorchjob(manifest, timeout_s=cfg.cluster.timeout_s)
+    else:
+        from vlm.train import launch_local
+        from vlm.train.loop import stage_config
+
+        nproc = stage_config(cfg, stage).nproc
+        rc = launch_local(config_uri, nproc, args[2:], env=env)
+        if rc != 0:
+            raise RuntimeError(f"{stage} failed (torchrun exit code {rc}); re-run the pipeline to resume "
+                               "from the latest checkpoint")
+    summary = json.loads(storage.read_text(summary_uri))
+    summary.setdefault("output", summary.get("model_uri") or output_uri)
+    return summary
+
+
+def _num_samples(data_uri: str) -> int:
+    try:
+        return int(json.loads(storage.read_text(storage.join(data_uri, "manifest.json"))).get("num_samples", 0))
+    except FileNotFoundError:
+        return 0
+
+
+def curate(config_uri: str, model_uri: str, data_uri: str, curated_uri: str, parent_run_id: str = "") -> dict[str, Any]:
+    from vlm.align import generate_and_curate
+
+    cfg, run_ctx = _stage(config_uri, "align-curate", parent_run_id)
+    if not cfg.align.enabled:
+        log.info("align.enabled=false: no curation, no fine-tuning")
+        return {"kept": 0, "skipped": True}
+    with run_ctx as run:
+        summary = generate_and_curate(model_uri, data_uri, curated_uri, cfg.align, run_id=run.run_id or None)
+        kept = int(summary.get("kept", 0))
+        if kept < cfg.align.min_kept:
+            reasons = ", ".join(f"{k}={v}" for k, v in (summary.get("rejected_by_reason") or {}).items()) or "none"
+            msg = (f"only {kept} of {summary.get('sampled', '?')} descriptions survived curation (align.min_kept="
+                   f"{cfg.align.min_kept}; rejected by reason: {reasons}); see {storage.join(curated_uri, 'curated.json')}")
+            if cfg.align.on_too_few == "fail":
+                raise RuntimeError(msg + ". Train stage one longer, or set align.on_too_few: skip")
+            log.warning("%s; skipping fine-tuning (align.on_too_few=skip)", msg)
+            run.set_tags({"vlm.align.skipped": msg[:5000]})
+            summary["skipped"] = True
+    return summary
+
+
+def evaluate(config_uri: str, model_uri: str, data_uri: str, output_uri: str, train_run_id: str = "",
+             parent_run_id: str = "") -> dict[str, Any]:
+    """Evaluate into the training run when known (DESIGN: evaluation attaches to the training run)."""
+    from vlm.eval.runner import evaluate as run_eval
+
+    cfg = load_config(config_uri)
+    tracking.configure(cfg.tracking.uri)
+    if train_run_id:
+        return run_eval(model_uri, data_uri, cfg.eval, run_id=train_run_id, output=output_uri,
+                        experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri)
+    with tracking.stage_run("evaluate", cfg.experiment_name(), parent_run_id=parent_run_id or None) as run:
+        return run_eval(model_uri, data_uri, cfg.eval, run_id=run.run_id, output=output_uri,
+                        experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri)
+
+
+def register(config_uri: str, model_uri: str, metrics: dict[str, float], data_uri: str = "", labels_uri: str = "",
+             train_run_id: str = "", parent_run_id: str = "") -> dict[str, Any]:
+    """Register a new version (alias ``challenger``) and evaluate the promotion gate (a dry run: no alias moves)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from vlm.registry.mlflow_registry import evaluate_gate, lineage_tags, metrics_from_tags, register_model
+
+    cfg = load_config(config_uri)
+    tracking.configure(cfg.tracking.uri)
+    name = cfg.registered_model_name()
+    if not cfg.registry.enabled:
+        log.info("registry.enabled=false: the model is not registered")
+        return {"name": name, "version": "", "gate_passed": False, "reasons": ["registry disabled"], "comparison": {}}
+    tags = lineage_tags(model_uri, data_uri=data_uri or None, labels_uri=labels_uri or None,
+                        training_run_id=train_run_id or None, config_uri=config_uri)
+    if parent_run_id:
+        tags["vlm.pipeline_run_id"] = parent_run_id
+    version = register_model(model_uri, name, metrics=metrics, tags=tags, run_id=train_run_id or None,
+                             experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri)
+    try:
+        champion = metrics_from_tags(MlflowClient().get_model_version_by_alias(name, "champion").tags)
+    except MlflowException:
+        champion = None
+    passed, reasons, comparison = evaluate_gate(metrics, champion, cfg.registry.gate)
+    log.info("registered %s v%s; gate %s: %s", name, version, "passes" if passed else "fails", "; ".join(reasons))
+    out = {"name": name, "version": str(version), "gate_passed": bool(passed), "reasons": reasons,
+           "comparison": comparison}
+    storage.write_text(_registration_uri(config_uri), json.dumps(out, indent=2, default=str))
+    return out
+
+
+def _registration_uri(config_uri: str) -> str:
+    """``registration.json`` beside the run's ``config.yaml``."""
+    base = config_uri.rsplit("/", 1)[0] if storage.is_s3(config_uri) else str(Path(config_uri).parent)
+    return storage.join(base, "registration.json")
+
+
+def promote(config_uri: str, name: str = "", version: str = "") -> dict[str, Any]:
+    """Promote ``name``/``version`` (default: what this run registered) when the gate passes."""
+    from vlm.registry.mlflow_registry import promote_if_better
+
+    if not (name and version):
+        registered = json.loads(storage.read_text(_registration_uri(config_uri)))
+        name, version = registered["name"], registered["version"]
+    cfg = load_config(config_uri)
+    tracking.configure(cfg.tracking.uri)
+    return promote_if_better(name, version, cfg.registry.gate, tracking_uri=cfg.tracking.uri)
+
+
+def finish(config_yaml: str, run_tag: str, state: str, error: str = "", parent_run_id: str = "") -> str:
+    """The exit handler: close the MLflow parent run as FINISHED, or FAILED with the reason.
+
+    The exit task cannot consume other tasks' outputs, so the parent run is found by its ``vlm.run_tag``.
+    """
+    from mlflow import MlflowClient
+
+    cfg = parse_config(yaml.safe_load(config_yaml) or {}, source="pipeline config")
+    tracking.configure(cfg.tracking.uri)
+    client = MlflowClient()
+    if not parent_run_id:
+        exp = client.get_experiment_by_name(cfg.experiment_name())
+        runs = client.search_runs([exp.experiment_id], f"tags.`vlm.run_tag` = '{_tag(run_tag)}'") if exp else []
+        if not runs:
+            log.warning("no MLflow parent run tagged vlm.run_tag=%s; nothing to close", _tag(run_tag))
+            return ""
+        parent_run_id = runs[0].info.run_id
+    if state.upper() in {"SUCCEEDED", "SUCCESS"}:
+        client.set_terminated(parent_run_id, "FINISHED")
+    else:
+        tracking.mark_failed(parent_run_id, f"pipeline {state}: {error}".strip())
+    return parent_run_id
+
+
+def load_resolved(config_uri: str) -> PipelineConfig:
+    return load_config(config_uri)

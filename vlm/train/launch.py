@@ -1,0 +1,124 @@
+"""Launching: the ``python -m vlm.train`` entrypoint (one per process) and local torchrun launches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from vlm import storage
+
+log = logging.getLogger(__name__)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vlm.train", description="Train one stage (run under torchrun for N processes).")
+    p.add_argument("--config", required=True, help="pipeline YAML (local path or s3:// URI)")
+    p.add_argument("--stage", default="pretrain", choices=["pretrain", "finetune"])
+    p.add_argument("--data", default="", help="dataset URI (shards); default <root>/data")
+    p.add_argument("--output", default="", help="model artefact URI; default <root>/<stage>/model")
+    p.add_argument("--init-from", default="", help="model artefact URI to start from")
+    p.add_argument("--labels", default="", help="expert labels URI (for model.experts); default train.labels")
+    p.add_argument("--summary", default="", help="write the JSON summary here (rank 0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=20 (YAML-parsed value)")
+    return p
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    import yaml
+
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return data
+
+
+def load(config: str, overrides: list[str]):
+    import yaml
+
+    from vlm.config import ConfigError, parse_config
+
+    try:
+        data = yaml.safe_load(storage.read_text(config)) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{config}: config file not found") from None
+    return parse_config(apply_overrides(data, overrides), source=str(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vlm.config import ConfigError
+    from vlm.logs import setup_logging
+
+    setup_logging()
+    args = parser().parse_args(argv)
+    try:
+        cfg = load(args.config, args.set)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    from vlm.train.labels import ExpertLabelsError
+    from vlm.train.loop import train
+
+    try:
+        summary = train(cfg, args.stage, args.data or None, args.output or None, args.init_from or None,
+                        labels_uri=args.labels or None)
+    except ExpertLabelsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        text = json.dumps(summary, indent=2, default=str)
+        if args.summary:
+            storage.write_text(args.summary, text)
+        print(text)
+    return 0
+
+
+def torchrun_command(nproc: int, module_args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "vlm.train", *module_args]
+
+
+def launch_local(config_path: str, nproc: int, args: list[str] | None = None, env: dict[str, str] | None = None,
+                 timeout: float | None = None) -> int:
+    """Run ``torchrun --standalone --nproc_per_node N -m vlm.train --config FILE ARGS``; returns its exit code.
+
+    With ``nproc`` 1 the entrypoint still runs under torchrun, so the code path is the one of a cluster job.
+    """
+    cmd = torchrun_command(nproc, ["--config", str(config_path), *(args or [])])
+    full_env = {**os.environ, **(env or {})}
+    full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, nproc))))
+    log.info("launching: %s", " ".join(cmd))
+    return subprocess.run(cmd, env=full_env, timeout=timeout).returncode
+
+
+def run_stage(config_path: str, stage: str = "pretrain", data_uri: str = "", output_uri: str = "",
+              init_from: str = "", nproc: int = 0, labels_uri: str = "") -> dict[str, Any]:
+    """The kfp-friendly wrapper: launch ``nproc`` (default ``train.nproc``) processes, return the summary dict."""
+    cfg = load(config_path, [])
+    from vlm.train.loop import stage_config
+
+    n = nproc or stage_config(cfg, stage).nproc
+    with tempfile.TemporaryDirectory(prefix="vlm-train-") as tmp:
+        out = Path(tmp) / "summary.json"
+        args = ["--stage", stage, "--summary", str(out)]
+        for flag, value in (("--data", data_uri), ("--output", output_uri), ("--init-from", init_from),
+                            ("--labels", labels_uri)):
+            if value:
+                args += [flag, value]
+        rc = launch_local(config_path, n, args)
+        if rc != 0:
+            raise RuntimeError(f"training failed (torchrun exit code {rc}); rerun to resume from the latest checkpoint")
+        return json.loads(out.read_text())
