@@ -16,8 +16,18 @@ runner = CliRunner()
 def test_quickstart_is_valid_and_complete():
     cfg = load_config(default_config_path())
     assert cfg.name == "vlm-quickstart"
-    assert cfg.train.strategy == "deepspeed" and cfg.train.zero_stage == 2
     assert cfg.registered_model_name() == f"vlm-{cfg.model.adapter.type}"
+    assert cfg.cluster.launcher == "local" and not cfg.root.startswith("s3://")
+
+
+def test_defaults_follow_the_papers():
+    from vlm.config import PipelineConfig
+
+    cfg = PipelineConfig()
+    assert cfg.train.strategy == "deepspeed" and cfg.train.zero_stage == 2  # as Prismer and mPLUG trained
+    assert cfg.train.weight_decay == 0.05
+    assert cfg.model.generation.num_beams == 3  # Prismer's evaluation
+    assert "###Human: <Img><ImageHere></Img>" in cfg.model.prompt_template
 
 
 def test_bad_literal_names_path_and_allowed_values():
