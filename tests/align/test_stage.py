@@ -61,6 +61,7 @@ def test_curate_end_to_end(stage_one, shards, tmp_path):
 
     manifest = json.loads(Path(out, "manifest.json").read_text())
     assert manifest["totals"]["samples"] == 4 and manifest["rejected"] == {"too_short": 2}
+    assert manifest["num_samples"] == 4 == sum(s["num_samples"] for s in manifest["shards"])
     (shard,) = manifest["shards"]
     path = Path(out, shard["name"])
     assert shard["name"] == "train-000000.tar" and shard["sha256"] == storage.sha256_file(path)

@@ -3,7 +3,7 @@
 Layout under the output URI::
 
     train-000000.tar ...   kept samples: {key}.{jpg|png|webp} (source bytes) + {key}.json (caption = final)
-    manifest.json          name, config, shards (name, count, sha256), totals, rejected counts by reason
+    manifest.json          name, config, num_samples, shards (name, num_samples, sha256), totals, rejected by reason
     curated.json           one entry per sampled image: key, raw, cleaned, final caption, reasons, changes
     summary.json           kept/rejected, repetition rate, cut-off rate and length before and after
 """
@@ -57,7 +57,7 @@ def write_shards(kept: list[dict[str, Any]], samples: dict[str, ImageSample], ou
         data = buf.getvalue()
         name = f"{SPLIT}-{index:06d}.tar"
         storage.write_bytes(storage.join(output_uri, name), data)
-        shards.append({"name": name, "split": SPLIT, "count": len(chunk), "sha256": storage.sha256_bytes(data)})
+        shards.append({"name": name, "split": SPLIT, "num_samples": len(chunk), "sha256": storage.sha256_bytes(data)})
     return shards
 
 
@@ -104,6 +104,7 @@ def write_curated_set(records: list[dict[str, Any]], samples: dict[str, ImageSam
         "name": "align-curated",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": config,
+        "num_samples": len(kept),  # the data-shard manifest contract (DESIGN.md): num_samples, shards[...]
         "shards": shards,
         "totals": {"samples": len(kept), SPLIT: len(kept), "input": len(records)},
         "rejected": summary["rejected_by_first_reason"],
