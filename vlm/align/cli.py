@@ -7,17 +7,7 @@ from pathlib import Path
 
 import typer
 
-
-def _config(path: Path | None):
-    from vlm.config import ConfigError, PipelineConfig, load_config
-
-    if path is None:
-        return PipelineConfig()
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+from vlm.cli_utils import config_or_exit
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +29,7 @@ def register(app: typer.Typer) -> None:
         from vlm import storage
         from vlm.align.stage import generate_and_curate
 
-        cfg = _config(config)
+        cfg = config_or_exit(config)
         align = cfg.align
         if num_images is not None:
             align = align.model_copy(update={"num_images": num_images})
@@ -66,7 +56,7 @@ def register(app: typer.Typer) -> None:
         from vlm import storage
         from vlm.align.tune import finetune
 
-        cfg = _config(config)
+        cfg = config_or_exit(config)
         curated = data or cfg.align.output or storage.join(cfg.root, "align")
         out = output or cfg.align.finetune.output or storage.join(cfg.root, "finetune", "model")
         try:

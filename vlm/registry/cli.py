@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from vlm.cli_utils import config_or_exit
+
 models_app = typer.Typer(help="Inspect registered models.", no_args_is_help=True)
 
 
@@ -23,18 +25,6 @@ def _load_metrics(spec: str | None) -> dict[str, float]:
     if not isinstance(data, dict):
         raise typer.BadParameter("metrics must be a JSON object of name -> number")
     return {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _pipeline_config(path: Path | None):
-    from vlm.config import ConfigError, PipelineConfig, load_config
-
-    if path is None:
-        return PipelineConfig()
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
 
 
 def _fail(exc: Exception) -> None:
@@ -60,7 +50,7 @@ def register(app: typer.Typer) -> None:
         from vlm import tracking
         from vlm.registry import mlflow_registry as reg
 
-        cfg = _pipeline_config(config)
+        cfg = config_or_exit(config)
         tracking.configure(cfg.tracking.uri)
         model_name = name or cfg.registered_model_name()
         try:
@@ -86,7 +76,7 @@ def register(app: typer.Typer) -> None:
         from vlm import tracking
         from vlm.registry import mlflow_registry as reg
 
-        cfg = _pipeline_config(config)
+        cfg = config_or_exit(config)
         tracking.configure(cfg.tracking.uri)
         try:
             decision = reg.promote(name, version, cfg.registry.gate, force=force)
@@ -117,7 +107,7 @@ def models_list(
     from vlm import tracking
     from vlm.registry import mlflow_registry as reg
 
-    cfg = _pipeline_config(config)
+    cfg = config_or_exit(config)
     tracking.configure(cfg.tracking.uri)
     try:
         rows = reg.list_versions(name)
