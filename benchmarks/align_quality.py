@@ -5,6 +5,8 @@ Each model describes the same seeded sample of held-out images with MiniGPT-4's 
 
 - ``repetition``: mean rep-3 (share of word 3-grams that repeat an earlier one); ``repetitive``: share above
   ``--max-repetition`` (the curation filter's threshold)
+- ``repeats``: share of descriptions in which the cleaner finds a repeated sentence, a repeated clause or a
+  word loop (rep-3 also counts the template words of a list, "a red square at the top, a blue ...")
 - ``cut_off``: share of descriptions that stop mid-sentence (no final ``.!?`` or a dangling last word)
 - ``edited``: share the deterministic cleaner had to change; ``rejected``: share it rejected outright
 - ``words``: mean length in words
@@ -46,6 +48,9 @@ def describe_all(model_uri: str, images: list, args) -> tuple[list[str], float]:
     return texts, time.perf_counter() - t0
 
 
+REPEAT_REASONS = {"repeated_sentence", "repeated_clause", "word_loop"}
+
+
 def quality(texts: list[str], max_repetition: float) -> dict[str, float]:
     cleaned = [clean_description(t) for t in texts]
     reps = [repetition_rate(t) for t in texts]
@@ -53,6 +58,7 @@ def quality(texts: list[str], max_repetition: float) -> dict[str, float]:
         "n": len(texts),
         "repetition": round(mean(reps), 4),
         "repetitive": round(mean(r > max_repetition for r in reps), 4),
+        "repeats": round(mean(bool(REPEAT_REASONS & set(c.reasons)) for c in cleaned), 4),
         "cut_off": round(mean(is_cut_off(t) for t in texts), 4),
         "edited": round(mean(bool(c.changes) for c in cleaned), 4),
         "rejected": round(mean(c.rejected for c in cleaned), 4),
@@ -83,13 +89,14 @@ def main() -> None:
         texts, seconds = describe_all(uri, images, args)
         report["models"][name] = {"uri": uri, **quality(texts, args.max_repetition), "seconds": round(seconds, 1),
                                   "descriptions": dict(zip((s.key for s in samples), texts))}
-    cols = ["repetition", "repetitive", "cut_off", "edited", "rejected", "words", "seconds"]
+    cols = ["repetition", "repetitive", "repeats", "cut_off", "edited", "rejected", "words", "seconds"]
     print(f"{len(images)} held-out images ({args.split}), prompt: {args.instruction!r}")
     print(f"{'model':<8}" + "".join(f"{c:>12}" for c in cols))
     for name, m in report["models"].items():
         print(f"{name:<8}" + "".join(f"{m[c]:>12}" for c in cols))
     b, a = report["models"]["before"], report["models"]["after"]
-    print(f"change: repetition {a['repetition'] - b['repetition']:+.4f}, cut-off {a['cut_off'] - b['cut_off']:+.4f}")
+    print(f"change: repetition {a['repetition'] - b['repetition']:+.4f}, repeats {a['repeats'] - b['repeats']:+.4f}, "
+          f"cut-off {a['cut_off'] - b['cut_off']:+.4f}")
     if args.output:
         with open(args.output, "w") as fh:
             json.dump(report, fh, indent=2)

@@ -112,6 +112,38 @@ def test_cut_off_ending_is_removed():
     assert r.changes[0].removed == "It is surrounded by"
 
 
+def test_cut_off_list_keeps_its_complete_clauses():
+    r = clean_description("A red square at the top, a blue circle at the left, a green")
+    assert r.text == "A red square at the top, a blue circle at the left."
+    assert [c.to_dict() for c in r.changes] == [{"reason": "cut_off", "removed": "a green"}]
+    # too little before the last comma: the whole cut-off sentence goes
+    assert clean_description("Red, a blue circle at the").text is None
+
+
+def test_repeated_clauses_of_a_list_loop_are_removed():
+    r = clean_description("A red square at the top, a blue square at the bottom, a red square at the top, "
+                          "and a blue square at the bottom, a green circle at the left.")
+    assert r.text == "A red square at the top, a blue square at the bottom, a green circle at the left."
+    assert [c.to_dict() for c in r.changes] == [
+        {"reason": "repeated_clause", "removed": "a red square at the top,"},
+        {"reason": "repeated_clause", "removed": "and a blue square at the bottom,"}]
+    # a list whose last clause repeats ends on the clauses before it, with a full stop
+    r = clean_description("A red square, a blue square, a red square")
+    assert r.text == "A red square, a blue square."
+    assert reasons(r) == ["repeated_clause"]
+    # short clauses ("big, big") are not judged
+    assert clean_description("It is big, big, and round.").changes == []
+
+
+def test_glued_sentences_are_split_before_judging():
+    r = clean_description("A black circle with a white center.A black circle with a white center.A black circle")
+    assert r.text == "A black circle with a white center."
+    assert reasons(r) == ["repeated_sentence", "cut_off"]
+    assert clean_description("A red circle.A.A.A.A.").text == "A red circle."
+    # decimals, abbreviations and initials are not sentence ends
+    assert clean_description("It is 3.5 m tall, e.g. a pole.").changes == []
+
+
 def test_dangling_sentence_is_incomplete():
     r = clean_description("A red triangle is on the. A green circle is next to it.")
     assert r.text == "A green circle is next to it."

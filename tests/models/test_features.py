@@ -92,6 +92,30 @@ def test_mplug_fusion_itc_itm(examples, tmp_path):
     assert model.generate(images, "Describe.") == loaded.generate(images, "Describe.")
 
 
+def test_itc_score_ranks_matching_texts_after_itc_training(examples):
+    torch.manual_seed(0)
+    model = build_model(tiny_config("linear", fusion={"enabled": True, "hidden_size": 32},
+                                    losses={"caption": 0.0, "itc": 1.0}))
+    images, texts = [ex["image"] for ex in examples], [ex["answer"] for ex in examples]
+    train_steps(model, model.collate(examples), steps=30, lr=1e-2)
+    # every image against every text: the matching text scores highest
+    grid = [model.itc_score(images, [texts[(i + shift) % 3] for i in range(3)]) for shift in range(3)]
+    for i in range(3):
+        assert grid[0][i] > max(grid[1][i], grid[2][i]), grid
+    assert all(-1.0 <= s <= 1.0 for row in grid for s in row)
+    # the score is the cosine training optimises (logit-scaled there)
+    batch = model.collate(examples)
+    with torch.no_grad():
+        a_ids, a_mask = model._select(batch["input_ids"], batch["labels"] != -100, model.tokenizer.pad_token_id)
+        cos = model.fusion.itc_similarity(model.adapter(model.visual_tokens(batch["pixel_values"])),
+                                          model._embed(a_ids), a_mask)
+    torch.testing.assert_close(torch.tensor(grid[0]), cos, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="images for"):
+        model.itc_score(images, texts[:1])
+    with pytest.raises(ValueError, match="no ITC head"):
+        build_model(tiny_config("linear")).itc_score(images, texts)
+
+
 def test_itm_never_uses_an_identical_text_as_negative(examples):
     model = build_model(tiny_config("linear", fusion={"enabled": True, "hidden_size": 32}, losses={"itm": 1.0}))
     same = [{**ex, "answer": "same"} for ex in examples]

@@ -11,14 +11,20 @@ rule can repair and records every edit, so a curated set can be audited. Rules, 
    tokens that alternate letters and digits 3+ times (``a8f3k2``).
 5. ``word_loop``: collapse an n-gram repeated back to back - a single word 3+ times (``very very very``;
    "very very" is English), a 2-8 word phrase 2+ times (``on the table on the table``).
-6. Sentences are split at ``.!?`` followed by space. Then per sentence:
-   ``non_english`` (see :func:`is_english`), ``meaningless`` (no word of 2+ letters),
+6. Sentences are split at ``.!?`` followed by space (or glued to the next sentence: ``left.A white``).
+   Then per sentence: ``non_english`` (see :func:`is_english`), ``meaningless`` (no word of 2+ letters),
    ``repeated_sentence`` (same words as an earlier kept sentence, ignoring case and punctuation, or a
-   near copy: token-set Jaccard >= 0.8 with 4+ tokens), ``incomplete_sentence`` (ends on a word no English
-   sentence ends on: "the", "and", "of"...), ``cut_off`` (the last sentence lacks ``.!?``).
+   near copy: token-set Jaccard >= 0.8 with 4+ tokens), ``repeated_clause`` (a comma/semicolon-separated
+   clause of 3+ words that repeats an earlier clause of the description: the list loops of
+   "a red square at the top, a blue square at the bottom, a red square at the top"),
+   ``incomplete_sentence`` (ends on a word no English sentence ends on: "the", "and", "of"...),
+   ``cut_off`` (the last sentence lacks ``.!?``: its unfinished tail after the last complete clause is cut
+   and a full stop added when 3+ words remain, "a red square, a blue" -> "a red square."; otherwise the
+   whole sentence goes).
 7. The result is rejected (``text`` None, ``reject_reason`` "empty") when nothing is left.
 
-Text that breaks no rule is returned unchanged apart from whitespace runs, which become one space.
+Text that breaks no rule is returned unchanged apart from whitespace, which is normalised: runs become one
+space and a sentence glued to the previous one gets its space back.
 
 Non-English rule (no model, no dependency): a sentence is not English when more than 30% of its letters
 belong to a non-Latin script, when more than 15% of its letters carry diacritics, or when it has at least
@@ -100,6 +106,9 @@ REPEATED_PUNCT_RE = re.compile(r"([^\w\s])(?:\s*\1){2,}")  # "!!!", ". . .", "--
 SYMBOL_RUN_RE = re.compile(r"(?<!\S)[^\w\s]{2,}(?!\S)")    # a standalone run of 2+ symbols: "@#$%", "*&"
 WORD_RE = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*", re.UNICODE)
 SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])[\"')\]]*\s+|(?<=[。！？])\s*")
+GLUED_SENTENCE_RE = re.compile(r"(?<=[a-z]{2}[.!?])(?=[A-Z])")  # "at the top left.A white ..."
+CLAUSE_SPLIT_RE = re.compile(r"(?<=[,;])\s+")
+LEADING_CONJUNCTION = frozenset({"and", "or", "but", "then"})
 TERMINAL_RE = re.compile(r"[.!?。！？][\"')\]]*$")
 ALLOWED_PUNCT = set(".,;:!?'\"()[]-–—/%&+°’“”。！？")
 KEEP_ALONE = {"-", "–", "—", "&"}  # punctuation-only tokens that stand alone in English
@@ -249,6 +258,46 @@ def _sentence_key(sentence: str) -> tuple[str, ...]:
     return tuple(_words(sentence))
 
 
+def _clause_key(clause: str) -> tuple[str, ...]:
+    words = _words(clause)
+    while words and words[0] in LEADING_CONJUNCTION:
+        words = words[1:]
+    return tuple(words)
+
+
+def _drop_repeated_clauses(sentence: str, seen: set[tuple[str, ...]], record) -> str:
+    """Drop clauses (split at ``,``/``;``) of 3+ words already said in this description; ``seen`` grows.
+
+    A sentence whose last clause goes ends with a full stop: the clauses left are complete ones."""
+    clauses = CLAUSE_SPLIT_RE.split(sentence)
+    if len(clauses) == 1:
+        return sentence
+    out: list[str] = []
+    for clause in clauses:
+        key = _clause_key(clause)
+        if len(key) >= 3 and key in seen:
+            record("repeated_clause", clause)
+            continue
+        seen.add(key)
+        out.append(clause)
+    if out and len(out) < len(clauses) and out[-1] is not clauses[-1]:
+        end = re.search(r"[.!?][\"')\]]*$", clauses[-1])
+        out[-1] = out[-1].rstrip(",;") + (end.group(0) if end else ".")
+    return " ".join(out)
+
+
+def _complete_clauses(sentence: str) -> tuple[str, str] | None:
+    """A cut-off sentence trimmed to its last complete clause: (kept + ".", removed tail), or None."""
+    cut = max(sentence.rfind(","), sentence.rfind(";"))
+    if cut <= 0:
+        return None
+    head, tail = sentence[:cut].rstrip(), sentence[cut + 1 :].strip()
+    words = _words(head)
+    if len(words) < 3 or words[-1] in DANGLING_END_WORDS:
+        return None
+    return head + ".", tail
+
+
 def _near_copy(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     if a == b:
         return True
@@ -309,7 +358,8 @@ def clean_description(text: str | None) -> CleanResult:
 
     kept: list[str] = []
     seen: list[tuple[str, ...]] = []
-    sentences = split_sentences(" ".join(tokens))
+    seen_clauses: set[tuple[str, ...]] = set()
+    sentences = split_sentences(GLUED_SENTENCE_RE.sub(" ", " ".join(tokens)))
     for idx, sentence in enumerate(sentences):
         words = sentence.split()
         words, loops = _collapse_loops(words)
@@ -327,10 +377,19 @@ def clean_description(text: str | None) -> CleanResult:
         if any(_near_copy(key, prev) for prev in seen):
             record("repeated_sentence", sentence)
             continue
+        sentence = _drop_repeated_clauses(sentence, seen_clauses, record)
+        words = _words(sentence)
+        if not words:
+            continue
         last = idx == len(sentences) - 1
         if last and not TERMINAL_RE.search(sentence):
-            record("cut_off", sentence)
-            continue
+            trimmed = _complete_clauses(sentence)
+            if trimmed is None:
+                record("cut_off", sentence)
+                continue
+            sentence, tail = trimmed
+            record("cut_off", tail)
+            words = _words(sentence)
         if words[-1] in DANGLING_END_WORDS:
             record("incomplete_sentence", sentence)
             continue

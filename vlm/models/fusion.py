@@ -18,14 +18,21 @@ from vlm.models.config import FusionConfig
 from vlm.models.layers import Block
 
 
+#: Rows of the text position table (CLS included).
+TEXT_POSITIONS = 512
+
+
 class MPlugFusion(nn.Module):
+    #: Longest text (in LLM tokens) the text stream encodes.
+    max_text_tokens = TEXT_POSITIONS - 1
+
     def __init__(self, cfg: FusionConfig, llm_dim: int, hidden: int):
         super().__init__()
         heads = cfg.num_heads if hidden % cfg.num_heads == 0 else 1
         self.in_v = nn.Linear(llm_dim, hidden)
         self.in_t = nn.Linear(llm_dim, hidden)
         self.cls = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
-        self.pos = nn.Parameter(torch.randn(512, hidden) * 0.02)
+        self.pos = nn.Parameter(torch.randn(TEXT_POSITIONS, hidden) * 0.02)
         self.text_encoder = nn.ModuleList(Block(hidden, heads) for _ in range(cfg.text_layers))
         self.groups = nn.ModuleList()
         for _ in range(cfg.num_groups):
@@ -68,14 +75,23 @@ class MPlugFusion(nn.Module):
         return visual + self.out_v(self.norm_v(v))
 
     # ----------------------------------------------------------------------------------- objectives
+    def _itc_features(self, v: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit ITC embeddings: the mean visual token and the text CLS token, projected."""
+        return F.normalize(self.itc_v(v.mean(1)), dim=-1), F.normalize(self.itc_t(t[:, 0]), dim=-1)
+
+    def itc_similarity(self, visual: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Cosine (B,) between image i and text i in the ITC space training uses; in [-1, 1]."""
+        t, _ = self.encode_text(text, text_mask)
+        v_feat, t_feat = self._itc_features(self.in_v(visual), t)
+        return (v_feat.float() * t_feat.float()).sum(-1)
+
     def contrastive_losses(self, visual: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                            text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """ITC over the batch and ITM with the hardest in-batch negatives (identical texts are never negatives)."""
         b = visual.shape[0]
         v = self.in_v(visual)
         t, t_mask = self.encode_text(text, text_mask)
-        v_feat = F.normalize(self.itc_v(v.mean(1)), dim=-1)
-        t_feat = F.normalize(self.itc_t(t[:, 0]), dim=-1)
+        v_feat, t_feat = self._itc_features(v, t)
         sim = self.logit_scale.exp().clamp(max=100) * v_feat @ t_feat.T
         target = torch.arange(b, device=sim.device)
         itc = (F.cross_entropy(sim.float(), target) + F.cross_entropy(sim.T.float(), target)) / 2

@@ -309,6 +309,28 @@ class VisionLanguageModel(nn.Module):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def itc_score(self, images: Sequence[ImageLike], texts: Sequence[str]) -> list[float]:
+        """Image-text cosine from the ITC head (mPLUG fusion), one per (image, text) pair, in [-1, 1].
+
+        Texts are tokenised like training answers (``+ end_sym``) and cut to the fusion's position table."""
+        if self.fusion is None:
+            raise ValueError("the model has no ITC head: enable fusion (fusion.enabled) and train it with losses.itc > 0")
+        images, texts = list(images), list(texts)
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images for {len(texts)} texts")
+        pad = self.tokenizer.pad_token_id
+        limit = self.fusion.max_text_tokens
+        ids, mask = self._pad_right([self._tok(t + self.config.end_sym)[:limit] or [pad] for t in texts], pad)
+        was_training = self.training
+        self.train(False)
+        try:
+            with self._autocast():
+                img = self.adapter(self.visual_tokens(self.vision.preprocess(images)))
+                return self.fusion.itc_similarity(img, self._embed(ids), mask.to(self.device)).tolist()
+        finally:
+            self.train(was_training)
+
     @staticmethod
     def _pad_right(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(1, max(len(r) for r in rows))
