@@ -14,12 +14,13 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system-deps demo test test-slow test-all images compile clean help
+.PHONY: setup system-deps demo align-benchmark test test-slow test-all images compile clean help
 
 help:
 	@echo "make demo       run the whole pipeline locally ($(CONFIG))"
 	@echo "make test       run the default test suite"
 	@echo "make test-slow  run the slow tests (demo configuration, long trainings)"
+	@echo "make align-benchmark  after make demo: stage one vs. stage two descriptions of held-out images"
 	@echo "make images     build the container images (needs a Docker engine)"
 
 setup: $(STAMP)
@@ -40,6 +41,16 @@ system-deps:
 
 demo: setup
 	$(BIN)/vlm run --config $(CONFIG)
+
+# Stage two's effect (after `make demo`): the newest demo run's stage-one and stage-two models describe 64
+# held-out scenes (generated with another seed than the demo's data); prints repetition and cut-off rates.
+DEMO_RUN = $(lastword $(sort $(wildcard runs/quickstart/runs/*/)))
+align-benchmark: setup
+	@test -n "$(DEMO_RUN)" || { echo "no demo run under runs/quickstart/runs: run make demo first"; exit 1; }
+	@test -e "$(DEMO_RUN)finetune/model/vlm_config.json" || { echo "$(DEMO_RUN) has no stage-two model (align skipped?)"; exit 1; }
+	$(BIN)/vlm shard builtin:shapes runs/heldout-shapes --builtin-size 64 --builtin-image-size 128 --seed 1 --split 0,0,1 >/dev/null
+	$(BIN)/python benchmarks/align_quality.py --before $(DEMO_RUN)pretrain/model --after $(DEMO_RUN)finetune/model \
+		--data runs/heldout-shapes --num-images 64 --max-new-tokens 80 --output runs/align-quality.json
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

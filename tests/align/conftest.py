@@ -29,7 +29,8 @@ def write_shards(folder: Path, per_colour: int = 2, split: str = "train", per_sh
             data = buf.getvalue()
             key = hashlib.sha256(data).hexdigest()[:16]
             meta = {"caption": f"a {colour} shape", "captions": [f"a {colour} shape"], "source": "test",
-                    "width": 32 + i, "height": 32 + i, "colour": colour}
+                    "width": 32 + i, "height": 32 + i, "colour": colour,
+                    "qa": [{"question": "what colour is it?", "answers": [colour]}]}
             samples.append((key, data, meta))
     samples.sort()
     folder.mkdir(parents=True, exist_ok=True)

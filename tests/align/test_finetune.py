@@ -21,10 +21,18 @@ def pipeline_cfg(tmp_path: Path, **finetune_kw):
                          "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "align": {"finetune": ft}})
 
 
+def with_replay(cfg, share: float):
+    return cfg.model_copy(update={"align": cfg.align.model_copy(update={"replay_vqa": share})})
+
+
 def test_stage_two_config_uses_caption_task_and_description_requests(tmp_path):
     cfg = stage_two_config(pipeline_cfg(tmp_path, tasks=["caption", "vqa"]))
-    assert cfg.align.finetune.tasks == ["caption"]
+    assert cfg.align.finetune.tasks == ["caption"]  # MiniGPT-4: descriptions only
     assert cfg.align.finetune.caption_instructions == DETAILED_INSTRUCTIONS
+    replay = with_replay(pipeline_cfg(tmp_path, tasks=["vqa"]), 0.25)
+    # descriptions, and a quarter of the time the image's own QA pairs
+    assert stage_two_config(replay).align.finetune.tasks == ["caption", "vqa"]
+    assert stage_two_config(replay).align.finetune.task_weights == {"caption": 0.75, "vqa": 0.25}
     own = stage_two_config(pipeline_cfg(tmp_path, caption_instructions=["Tell me everything."]))
     assert own.align.finetune.caption_instructions == ["Tell me everything."]
 
@@ -42,6 +50,31 @@ def test_finetune_from_stage_one(stage_one, shards, tmp_path, monkeypatch):
     assert before.keys() == after.keys()
     assert any(not before[k].equal(after[k]) for k in before), "fine-tuning did not change the adapter"
     assert json.loads(json.dumps(summary, default=str))  # JSON-able
+
+
+def test_curated_samples_keep_their_qa_for_replay(stage_one, shards, tmp_path):
+    from vlm.train.data import ExampleBuilder
+
+    curated = tmp_path / "curated"
+    generate_and_curate(stage_one, shards, str(curated), AlignConfig(num_images=6, min_answer_tokens=30, min_words=3))
+    listing = {r["key"]: r for r in json.loads((curated / "curated.json").read_text()) if r["kept"]}
+    assert listing
+    import tarfile
+
+    metas = []
+    for shard in sorted(curated.glob("train-*.tar")):
+        with tarfile.open(shard) as tar:
+            metas += [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+    assert len(metas) == len(listing)
+    for meta in metas:
+        assert meta["caption"] in {r["final"] for r in listing.values()}
+        [qa] = meta["qa"]  # the source sample's own pair: its colour is the one of the source caption
+        assert qa["question"] == "what colour is it?" and meta["original_caption"] == f"a {qa['answers'][0]} shape"
+    # stage two's example builder draws both tasks from curated samples
+    ft = stage_two_config(with_replay(pipeline_cfg(tmp_path), 0.25)).align.finetune
+    builder = ExampleBuilder(ft.tasks, ft.caption_instructions, task_weights=ft.task_weights)
+    tasks = [builder.build({"meta": metas[0], "image": None, "__key__": "k"}, epoch=e)["task"] for e in range(400)]
+    assert 0.15 < tasks.count("vqa") / len(tasks) < 0.35  # replay_vqa = 0.25
 
 
 def test_finetune_errors_are_clear(stage_one, tmp_path):

@@ -70,6 +70,23 @@ def test_examples_follow_the_tasks(shards):
     assert all(e["answer"] == e["answer"].strip() and " " not in e["answer"] for e in vqas)
 
 
+def test_task_weights_set_the_mix(shards):
+    urls = list_shards(shards, "train")
+
+    def vqa_share(weights):
+        samples = SampleStream(urls, 0, 1, 0, 8)
+        stream = ExampleStream(samples, ExampleBuilder(["caption", "vqa"], ["Describe."], 0, weights))
+        tasks = [ex["task"] for _, ex in itertools.islice(stream.examples(), 300)]
+        return tasks.count("vqa") / len(tasks)
+
+    assert vqa_share({"caption": 9, "vqa": 1}) < 0.2 < 0.35 < vqa_share({}) < 0.65 < 0.8 < vqa_share({"caption": 1, "vqa": 9})
+    assert vqa_share({"caption": 0}) == 1.0  # a zero weight switches a task off
+    from vlm.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="task_weights"):
+        TrainConfig(tasks=["caption"], task_weights={"caption": 0})
+
+
 def test_eval_set_is_fixed(shards):
     a = eval_examples(shards, "val", 6, ["caption", "vqa"], "Describe.")
     b = eval_examples(shards, "val", 6, ["caption", "vqa"], "Describe.")

@@ -65,3 +65,8 @@ class AlignConfig(Section):
         "fail", description="below min_kept: fail the stage, or skip fine-tuning and carry the stage-one model on")
     output: str = Field("", description="curated set URI; empty = <run root>/align")
     finetune: TrainConfig = Field(default_factory=_default_finetune)
+    replay_vqa: float = Field(
+        0.0, ge=0, lt=1,
+        description="share of stage-two examples that replay a curated image's own question-answer pairs (when the "
+                    "data has them), so tuning the adapter on descriptions does not erase question answering; "
+                    "0 = descriptions only, as in MiniGPT-4 (stronger description gains, VQA is forgotten)")

@@ -2,7 +2,8 @@
 
 Layout under the output URI::
 
-    train-000000.tar ...   kept samples: {key}.{jpg|png|webp} (source bytes) + {key}.json (caption = final)
+    train-000000.tar ...   kept samples: {key}.{jpg|png|webp} (source bytes) + {key}.json (caption = final,
+                           the source's question-answer pairs under qa)
     manifest.json          name, config, num_samples, shards (name, num_samples, sha256), totals, rejected by reason
     curated.json           one entry per sampled image: key, raw, cleaned, final caption, reasons, changes
     summary.json           kept/rejected, repetition rate, cut-off rate and length before and after
@@ -40,7 +41,7 @@ def sample_json(record: dict[str, Any], sample: ImageSample) -> dict[str, Any]:
         width, height = sample.image().size
     return {"caption": record["final"], "captions": [record["final"]], "source": meta.get("source", "align"),
             "width": width, "height": height, "raw_description": record["raw"],
-            "original_caption": meta.get("caption")}
+            "original_caption": meta.get("caption"), **({"qa": meta["qa"]} if meta.get("qa") else {})}
 
 
 def write_shards(kept: list[dict[str, Any]], samples: dict[str, ImageSample], output_uri: str,

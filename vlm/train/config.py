@@ -38,6 +38,9 @@ class TrainConfig(Section):
     output: str = Field("", description="model artefact URI; empty = <run root>/<stage>/model")
     checkpoint_dir: str = Field("", description="checkpoint URI; empty = <output>/../checkpoints/<stage>")
     tasks: list[Literal["caption", "vqa"]] = Field(default_factory=lambda: ["caption", "vqa"])
+    task_weights: dict[Literal["caption", "vqa"], float] = Field(
+        default_factory=dict, description="relative odds of each task for a sample that fits several "
+                                          "(e.g. {caption: 3, vqa: 1}); unlisted tasks weigh 1")
     caption_instructions: list[str] = Field(
         default_factory=lambda: ["Describe this image.", "What is in this image?", "Write a short caption for this image."],
         description="instruction drawn at random for each caption example")
@@ -51,4 +54,7 @@ class TrainConfig(Section):
             raise ValueError("tasks must name at least one of 'caption', 'vqa'")
         if "caption" in self.tasks and not self.caption_instructions:
             raise ValueError("caption_instructions must not be empty when the caption task is on")
+        if any(w < 0 for w in self.task_weights.values()) or not any(self.task_weights.get(t, 1.0) > 0
+                                                                     for t in self.tasks):
+            raise ValueError("task_weights must be >= 0 and leave some task of `tasks` a positive weight")
         return self

@@ -166,12 +166,15 @@ class ExampleBuilder:
     """Sample -> training example ``dict(image, instruction, answer)`` for one of the configured tasks.
 
     Caption: a random instruction from ``caption_instructions``, answer = the caption. VQA: a random QA
-    pair. The choice is seeded by ``(seed, epoch, key)`` so it is reproducible and needs no saved state.
+    pair. A sample that fits several tasks picks one with the odds in ``task_weights`` (1 each unless
+    given). The choice is seeded by ``(seed, epoch, key)`` so it is reproducible and needs no saved state.
     Samples that fit no task are rejected and counted by reason.
     """
 
-    def __init__(self, tasks: list[str], caption_instructions: list[str], seed: int = 0):
+    def __init__(self, tasks: list[str], caption_instructions: list[str], seed: int = 0,
+                 task_weights: dict[str, float] | None = None):
         self.tasks, self.instructions, self.seed = list(tasks), list(caption_instructions), seed
+        self.weights = {t: float((task_weights or {}).get(t, 1.0)) for t in self.tasks}
         self.rejected: Counter[str] = Counter()
 
     def candidates(self, meta: dict[str, Any]) -> list[str]:
@@ -180,7 +183,7 @@ class ExampleBuilder:
             out.append("caption")
         if "vqa" in self.tasks and _qa_pairs(meta):
             out.append("vqa")
-        return out
+        return [t for t in out if self.weights[t] > 0]
 
     def build(self, sample: dict[str, Any], epoch: int = 0, task: str | None = None) -> dict[str, Any] | None:
         meta = sample["meta"]
@@ -191,7 +194,8 @@ class ExampleBuilder:
             self.rejected[f"no_{task or 'task'}_annotation"] += 1
             return None
         rng = random.Random(f"{self.seed}-{epoch}-{sample['__key__']}")
-        chosen = rng.choice(tasks)
+        weights = [self.weights[t] for t in tasks]
+        chosen = rng.choice(tasks) if len(set(weights)) == 1 else rng.choices(tasks, weights)[0]
         extra = {"experts": sample["experts"]} if "experts" in sample else {}
         if chosen == "caption":
             return {"image": sample["image"], "instruction": rng.choice(self.instructions),
