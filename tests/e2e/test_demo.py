@@ -1,4 +1,4 @@
-"""`make demo`'s configuration end to end (default models, ~15 minutes on 2 cores): `make test-slow`."""
+"""`make demo`'s configuration end to end (default models, ~17 minutes on 2 cores): `make test-slow`."""
 
 from __future__ import annotations
 
