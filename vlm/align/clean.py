@@ -281,7 +281,7 @@ def _drop_repeated_clauses(sentence: str, seen: set[tuple[str, ...]], record) ->
         seen.add(key)
         out.append(clause)
     if out and len(out) < len(clauses) and out[-1] is not clauses[-1]:
-        end = re.search(r"[.!?][\"')\]]*$", clauses[-1])
+        end = TERMINAL_RE.search(clauses[-1])
         out[-1] = out[-1].rstrip(",;") + (end.group(0) if end else ".")
     return " ".join(out)
 

@@ -30,8 +30,10 @@ def stage_two_config(cfg):
 
     ft = cfg.align.finetune
     replay = cfg.align.replay_vqa
-    update: dict[str, Any] = {"tasks": ["caption", "vqa"], "task_weights": {"caption": 1 - replay, "vqa": replay}} \
-        if replay else {"tasks": ["caption"], "task_weights": {}}
+    if replay:
+        update: dict[str, Any] = {"tasks": ["caption", "vqa"], "task_weights": {"caption": 1 - replay, "vqa": replay}}
+    else:
+        update = {"tasks": ["caption"], "task_weights": {}}
     if list(ft.caption_instructions) == list(TrainConfig().caption_instructions):  # the generic default
         update["caption_instructions"] = list(DETAILED_INSTRUCTIONS)
     ft = TrainConfig.model_validate({**ft.model_dump(), **update})

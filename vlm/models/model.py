@@ -102,6 +102,16 @@ class VisionLanguageModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        """Eval mode for the block (dropout off), the previous mode restored after."""
+        was_training = self.training
+        self.train(False)
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
     def _autocast(self):
         if not self.config.bf16:
             return contextlib.nullcontext()
@@ -284,30 +294,25 @@ class VisionLanguageModel(nn.Module):
         if self.config.experts:
             maps, present = collate_experts(self.config.experts, list(experts or [None] * len(images)),
                                             self.vision.image_size)
-        was_training = self.training
-        self.train(False)
-        try:
-            with self._autocast():
-                img = self.adapter(self.visual_tokens(pixel_values, maps, present))
-                if self.fusion is not None:
-                    p_ids, p_mask = self._pad_right([b + a for b, a in parts], pad)
-                    img = self.fusion(img, self._embed(p_ids), p_mask.to(self.device))
-                dtype = self.llm.get_input_embeddings().weight.dtype
-                seqs = [torch.cat([self._embed(torch.tensor(b, dtype=torch.long)), img[i].to(dtype),
-                                   self._embed(torch.tensor(a, dtype=torch.long))]) for i, (b, a) in enumerate(parts)]
-                width = max(len(s) for s in seqs)
-                embeds = torch.stack([F.pad(s, (0, 0, width - len(s), 0)) for s in seqs])  # left padding
-                attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
-                gen_cfg = GenerationConfig(
-                    max_new_tokens=max_new_tokens or g.max_new_tokens, num_beams=beams,
-                    repetition_penalty=repetition_penalty or g.repetition_penalty, do_sample=False,
-                    pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
-                    stop_strings=[self.config.end_sym] if self.config.end_sym else None,
-                    **({"early_stopping": True} if beams > 1 else {}))
-                return self.llm.generate(inputs_embeds=embeds, attention_mask=attn, generation_config=gen_cfg,
-                                         tokenizer=self.tokenizer)
-        finally:
-            self.train(was_training)
+        with self._eval_mode(), self._autocast():
+            img = self.adapter(self.visual_tokens(pixel_values, maps, present))
+            if self.fusion is not None:
+                p_ids, p_mask = self._pad_right([b + a for b, a in parts], pad)
+                img = self.fusion(img, self._embed(p_ids), p_mask.to(self.device))
+            dtype = self.llm.get_input_embeddings().weight.dtype
+            seqs = [torch.cat([self._embed(torch.tensor(b, dtype=torch.long)), img[i].to(dtype),
+                               self._embed(torch.tensor(a, dtype=torch.long))]) for i, (b, a) in enumerate(parts)]
+            width = max(len(s) for s in seqs)
+            embeds = torch.stack([F.pad(s, (0, 0, width - len(s), 0)) for s in seqs])  # left padding
+            attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+            gen_cfg = GenerationConfig(
+                max_new_tokens=max_new_tokens or g.max_new_tokens, num_beams=beams,
+                repetition_penalty=repetition_penalty or g.repetition_penalty, do_sample=False,
+                pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
+                stop_strings=[self.config.end_sym] if self.config.end_sym else None,
+                **({"early_stopping": True} if beams > 1 else {}))
+            return self.llm.generate(inputs_embeds=embeds, attention_mask=attn, generation_config=gen_cfg,
+                                     tokenizer=self.tokenizer)
 
     @torch.no_grad()
     def itc_score(self, images: Sequence[ImageLike], texts: Sequence[str]) -> list[float]:
@@ -322,14 +327,9 @@ class VisionLanguageModel(nn.Module):
         pad = self.tokenizer.pad_token_id
         limit = self.fusion.max_text_tokens
         ids, mask = self._pad_right([self._tok(t + self.config.end_sym)[:limit] or [pad] for t in texts], pad)
-        was_training = self.training
-        self.train(False)
-        try:
-            with self._autocast():
-                img = self.adapter(self.visual_tokens(self.vision.preprocess(images)))
-                return self.fusion.itc_similarity(img, self._embed(ids), mask.to(self.device)).tolist()
-        finally:
-            self.train(was_training)
+        with self._eval_mode(), self._autocast():
+            img = self.adapter(self.visual_tokens(self.vision.preprocess(images)))
+            return self.fusion.itc_similarity(img, self._embed(ids), mask.to(self.device)).tolist()
 
     @staticmethod
     def _pad_right(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
