@@ -48,9 +48,12 @@ DEMO_RUN = $(lastword $(sort $(wildcard runs/quickstart/runs/*/)))
 align-benchmark: setup
 	@test -n "$(DEMO_RUN)" || { echo "no demo run under runs/quickstart/runs: run make demo first"; exit 1; }
 	@test -e "$(DEMO_RUN)finetune/model/vlm_config.json" || { echo "$(DEMO_RUN) has no stage-two model (align skipped?)"; exit 1; }
-	$(BIN)/vlm shard builtin:shapes runs/heldout-shapes --builtin-size 64 --builtin-image-size 128 --seed 1 --split 0,0,1 >/dev/null
+	$(BIN)/vlm shard builtin:shapes runs/heldout-shapes --builtin-size 256 --builtin-image-size 128 --seed 1 --split 0,0,1 >/dev/null
 	$(BIN)/python benchmarks/align_quality.py --before $(DEMO_RUN)pretrain/model --after $(DEMO_RUN)finetune/model \
-		--data runs/heldout-shapes --num-images 64 --max-new-tokens 80 --output runs/align-quality.json
+		--data runs/heldout-shapes --num-images 256 --max-new-tokens 80 --output runs/align-quality.json
+	$(BIN)/python benchmarks/align_quality.py --before $(DEMO_RUN)pretrain/model --after $(DEMO_RUN)finetune/model \
+		--data runs/heldout-shapes --num-images 128 --max-new-tokens 80 --instruction "Describe this image in detail." \
+		--output runs/align-quality-request.json
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

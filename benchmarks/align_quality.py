@@ -11,6 +11,11 @@ Each model describes the same seeded sample of held-out images with MiniGPT-4's 
 - ``edited``: share the deterministic cleaner had to change; ``rejected``: share it rejected outright
 - ``words``: mean length in words
 
+The change of each of the first four figures (after - before) comes with a paired bootstrap 95% interval over
+the images: a change whose interval excludes 0 is outside the noise of the sample. ``--after`` takes several
+models (candidate recipes) and ``--reuse`` takes an earlier ``--output`` so a model already described on the
+same images with the same settings is not described again.
+
 Usage::
 
     python benchmarks/align_quality.py --before runs/quickstart/pretrain/model \\
@@ -51,25 +56,60 @@ def describe_all(model_uri: str, images: list, args) -> tuple[list[str], float]:
 REPEAT_REASONS = {"repeated_sentence", "repeated_clause", "word_loop"}
 
 
-def quality(texts: list[str], max_repetition: float) -> dict[str, float]:
+PAIRED = ("repetition", "repetitive", "repeats", "cut_off")
+
+
+def per_image(texts: list[str], max_repetition: float) -> dict[str, list[float]]:
+    """Each figure for each description (the report's figures are their means)."""
     cleaned = [clean_description(t) for t in texts]
     reps = [repetition_rate(t) for t in texts]
     return {
-        "n": len(texts),
-        "repetition": round(mean(reps), 4),
-        "repetitive": round(mean(r > max_repetition for r in reps), 4),
-        "repeats": round(mean(bool(REPEAT_REASONS & set(c.reasons)) for c in cleaned), 4),
-        "cut_off": round(mean(is_cut_off(t) for t in texts), 4),
-        "edited": round(mean(bool(c.changes) for c in cleaned), 4),
-        "rejected": round(mean(c.rejected for c in cleaned), 4),
-        "words": round(mean(word_count(t) for t in texts), 2),
+        "repetition": reps,
+        "repetitive": [float(r > max_repetition) for r in reps],
+        "repeats": [float(bool(REPEAT_REASONS & set(c.reasons))) for c in cleaned],
+        "cut_off": [float(is_cut_off(t)) for t in texts],
+        "edited": [float(bool(c.changes)) for c in cleaned],
+        "rejected": [float(c.rejected) for c in cleaned],
+        "words": [float(word_count(t)) for t in texts],
     }
+
+
+def quality(texts: list[str], max_repetition: float) -> dict[str, float]:
+    figures = {k: round(mean(v), 2 if k == "words" else 4) for k, v in per_image(texts, max_repetition).items()}
+    return {"n": len(texts), **figures}
+
+
+def paired_change(before: list[float], after: list[float], rounds: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean change (after - before) over the same images with a paired bootstrap 95% interval."""
+    import numpy as np
+
+    diff = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(rounds, len(diff)))
+    low, high = np.percentile(diff[idx].mean(axis=1), [2.5, 97.5])
+    return {"change": round(float(diff.mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4)}
+
+
+def reusable(report_path: str | None, uri: str, keys: list[str], settings: dict) -> list[str] | None:
+    """Descriptions of ``uri`` from an earlier report made on the same images with the same settings."""
+    if not report_path:
+        return None
+    try:
+        with open(report_path) as fh:
+            old = json.load(fh)
+    except FileNotFoundError:
+        return None
+    if old.get("settings") != settings:
+        return None
+    for m in old.get("models", {}).values():
+        if m.get("uri") == uri and list(m.get("descriptions", {})) == keys:
+            return list(m["descriptions"].values())
+    return None
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="model artefact URI (stage one)")
-    p.add_argument("--after", required=True, help="model artefact URI (stage two)")
+    p.add_argument("--after", required=True, nargs="+", help="model artefact URI(s) (stage two; several to compare)")
     p.add_argument("--data", required=True, help="data shards URI")
     p.add_argument("--split", default="test", help="held-out split (default test)")
     p.add_argument("--num-images", type=int, default=64)
@@ -80,23 +120,34 @@ def main() -> None:
     p.add_argument("--max-repetition", type=float, default=0.3)
     p.add_argument("--instruction", default=DESCRIBE_INSTRUCTION)
     p.add_argument("--output", help="also write the figures and every description as JSON here")
+    p.add_argument("--reuse", help="an earlier --output: models already described there are not described again")
     args = p.parse_args()
 
     samples = read_samples(select_keys(args.data, args.num_images, args.seed, args.split))
     images = [s.image() for s in samples]
-    report: dict = {"images": len(images), "split": args.split, "models": {}}
-    for name, uri in (("before", args.before), ("after", args.after)):
-        texts, seconds = describe_all(uri, images, args)
+    keys = [s.key for s in samples]
+    settings = {"data": args.data, "split": args.split, "seed": args.seed, "num_beams": args.num_beams,
+                "max_new_tokens": args.max_new_tokens, "instruction": args.instruction}
+    report: dict = {"images": len(images), "split": args.split, "settings": settings, "models": {}}
+    names = ["after"] if len(args.after) == 1 else [f"after{i + 1}" for i in range(len(args.after))]
+    per: dict[str, dict[str, list[float]]] = {}
+    for name, uri in zip(["before", *names], [args.before, *args.after]):
+        texts, seconds = reusable(args.reuse, uri, keys, settings), 0.0
+        if texts is None:
+            texts, seconds = describe_all(uri, images, args)
+        per[name] = per_image(texts, args.max_repetition)
         report["models"][name] = {"uri": uri, **quality(texts, args.max_repetition), "seconds": round(seconds, 1),
-                                  "descriptions": dict(zip((s.key for s in samples), texts))}
+                                  "descriptions": dict(zip(keys, texts))}
     cols = ["repetition", "repetitive", "repeats", "cut_off", "edited", "rejected", "words", "seconds"]
     print(f"{len(images)} held-out images ({args.split}), prompt: {args.instruction!r}")
     print(f"{'model':<8}" + "".join(f"{c:>12}" for c in cols))
     for name, m in report["models"].items():
         print(f"{name:<8}" + "".join(f"{m[c]:>12}" for c in cols))
-    b, a = report["models"]["before"], report["models"]["after"]
-    print(f"change: repetition {a['repetition'] - b['repetition']:+.4f}, repeats {a['repeats'] - b['repeats']:+.4f}, "
-          f"cut-off {a['cut_off'] - b['cut_off']:+.4f}")
+    for name in names:
+        changes = {k: paired_change(per["before"][k], per[name][k]) for k in PAIRED}
+        report["models"][name]["change"] = changes
+        print(f"change {name} - before (paired bootstrap 95%): " + ", ".join(
+            f"{k} {c['change']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]" for k, c in changes.items()))
     if args.output:
         with open(args.output, "w") as fh:
             json.dump(report, fh, indent=2)

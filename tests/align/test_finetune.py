@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vlm.align import finetune, generate_and_curate
-from vlm.align.config import DETAILED_INSTRUCTIONS, AlignConfig
+from vlm.align.config import DESCRIBE_INSTRUCTION, DETAILED_INSTRUCTIONS, AlignConfig
 from vlm.align.tune import stage_two_config
 from vlm.config import parse_config
 
@@ -28,13 +28,19 @@ def with_replay(cfg, share: float):
 def test_stage_two_config_uses_caption_task_and_description_requests(tmp_path):
     cfg = stage_two_config(pipeline_cfg(tmp_path, tasks=["caption", "vqa"]))
     assert cfg.align.finetune.tasks == ["caption"]  # MiniGPT-4: descriptions only
-    assert cfg.align.finetune.caption_instructions == DETAILED_INSTRUCTIONS
+    # the four requests, and the prompt the curated descriptions answer
+    assert cfg.align.finetune.caption_instructions == [*DETAILED_INSTRUCTIONS, DESCRIBE_INSTRUCTION]
+    base = pipeline_cfg(tmp_path)
+    paper = base.model_copy(update={"align": base.align.model_copy(update={"train_on_prompt": False})})
+    assert stage_two_config(paper).align.finetune.caption_instructions == DETAILED_INSTRUCTIONS
     replay = with_replay(pipeline_cfg(tmp_path, tasks=["vqa"]), 0.25)
     # descriptions, and a quarter of the time the image's own QA pairs
     assert stage_two_config(replay).align.finetune.tasks == ["caption", "vqa"]
     assert stage_two_config(replay).align.finetune.task_weights == {"caption": 0.75, "vqa": 0.25}
     own = stage_two_config(pipeline_cfg(tmp_path, caption_instructions=["Tell me everything."]))
-    assert own.align.finetune.caption_instructions == ["Tell me everything."]
+    assert own.align.finetune.caption_instructions == ["Tell me everything.", DESCRIBE_INSTRUCTION]
+    listed = stage_two_config(pipeline_cfg(tmp_path, caption_instructions=[DESCRIBE_INSTRUCTION]))
+    assert listed.align.finetune.caption_instructions == [DESCRIBE_INSTRUCTION]  # not twice
 
 
 def test_finetune_from_stage_one(stage_one, shards, tmp_path, monkeypatch):

@@ -65,6 +65,10 @@ class AlignConfig(Section):
         "fail", description="below min_kept: fail the stage, or skip fine-tuning and carry the stage-one model on")
     output: str = Field("", description="curated set URI; empty = <run root>/align")
     finetune: TrainConfig = Field(default_factory=_default_finetune)
+    train_on_prompt: bool = Field(
+        True, description="also fine-tune on `instruction`, the prompt the curated descriptions answer, next to the "
+                          "description requests; false = MiniGPT-4's four requests only (the fix then does not reach "
+                          "the detailed prompt: measured on the demo, issue 7)")
     replay_vqa: float = Field(
         0.0, ge=0, lt=1,
         description="share of stage-two examples that replay a curated image's own question-answer pairs (when the "

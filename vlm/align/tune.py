@@ -2,7 +2,10 @@
 
 Every example is ``###Human: <Img><ImageHere></Img> <instruction> ###Assistant: <curated description>``, the
 instruction drawn at random from ``align.finetune.caption_instructions`` (MiniGPT-4's description requests
-unless the config lists others); only the task ``caption`` is trained, as in MiniGPT-4. With
+unless the config lists others) plus, with ``align.train_on_prompt`` (default), the generation prompt itself:
+the curated text is the corrected answer to exactly that prompt, and without it the model still loops and
+stops mid-list when asked it (measured on the demo: cut-off 0.21 -> 0.18 without, -> 0.07 with, 256 held-out
+images). Only the task ``caption`` is trained, as in MiniGPT-4. With
 ``align.replay_vqa`` > 0 a curated image that carries question-answer pairs from its source is, with that
 probability, a VQA example instead: a linear adapter tuned hard on descriptions alone forgets to answer
 questions (measured: VQA accuracy 0.20 -> 0.06 after 40 steps at lr 1e-3; 0.22 with 0.25 replay, but the
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def stage_two_config(cfg):
     """``cfg`` with ``align.finetune`` set for stage two: tasks caption (+ vqa at odds ``align.replay_vqa``),
-    detailed-description requests."""
+    detailed-description requests (+ the generation prompt)."""
     from vlm.train.config import TrainConfig
 
     ft = cfg.align.finetune
@@ -34,8 +37,12 @@ def stage_two_config(cfg):
         update: dict[str, Any] = {"tasks": ["caption", "vqa"], "task_weights": {"caption": 1 - replay, "vqa": replay}}
     else:
         update = {"tasks": ["caption"], "task_weights": {}}
-    if list(ft.caption_instructions) == list(TrainConfig().caption_instructions):  # the generic default
-        update["caption_instructions"] = list(DETAILED_INSTRUCTIONS)
+    instructions = list(ft.caption_instructions)
+    if instructions == list(TrainConfig().caption_instructions):  # the generic default
+        instructions = list(DETAILED_INSTRUCTIONS)
+    if cfg.align.train_on_prompt and cfg.align.instruction not in instructions:
+        instructions.append(cfg.align.instruction)
+    update["caption_instructions"] = instructions
     ft = TrainConfig.model_validate({**ft.model_dump(), **update})
     return cfg.model_copy(update={"align": cfg.align.model_copy(update={"finetune": ft})})
 
