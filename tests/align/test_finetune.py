@@ -43,6 +43,19 @@ def test_stage_two_config_uses_caption_task_and_description_requests(tmp_path):
     assert listed.align.finetune.caption_instructions == [DESCRIBE_INSTRUCTION]  # not twice
 
 
+def test_every_finetune_entry_point_gets_the_stage_two_recipe(tmp_path):
+    """The pipeline runs stage two through `vlm train --stage finetune` (torchrun or a PyTorchJob), not through
+    vlm.align.finetune: the engine's stage config must be the stage-two recipe too."""
+    from vlm.train.loop import stage_config
+
+    cfg = pipeline_cfg(tmp_path, tasks=["caption", "vqa"])
+    ft = stage_config(cfg, "finetune")
+    assert ft.tasks == ["caption"]
+    assert ft.caption_instructions == [*DETAILED_INSTRUCTIONS, DESCRIBE_INSTRUCTION]
+    assert stage_config(stage_two_config(cfg), "finetune") == ft  # applying it twice changes nothing
+    assert stage_config(cfg, "pretrain").caption_instructions == cfg.train.caption_instructions
+
+
 def test_finetune_from_stage_one(stage_one, shards, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     curated = str(tmp_path / "curated")

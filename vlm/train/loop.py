@@ -35,9 +35,15 @@ MODEL_KEYS = ("image", "instruction", "answer", "prompt", "experts")
 
 # ----------------------------------------------------------------------------------- resolution
 def stage_config(cfg, stage: str) -> TrainConfig:
+    """The TrainConfig of ``stage``: ``train`` for pretrain; for finetune ``align.finetune`` as stage two uses it
+    (MiniGPT-4's tasks and instructions, `vlm.align.tune.stage_two_config`), whichever entry point runs it."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-    return cfg.train if stage == "pretrain" else cfg.align.finetune
+    if stage == "pretrain":
+        return cfg.train
+    from vlm.align.tune import stage_two_config
+
+    return stage_two_config(cfg).align.finetune
 
 
 def _parent(uri: str) -> str:
