@@ -88,9 +88,12 @@ def test_vqa_probe_reports_accuracy_and_baselines(shards, tmp_path):
 
 
 def test_finetune_starts_from_the_stage_one_artefact(shards, tmp_path):
-    raw = tiny_config(tmp_path, steps=2, eval_samples=4, tasks=["caption"])
-    raw["align"] = {"finetune": {"strategy": "none", "precision": "fp32", "steps": 1, "batch_size": 2, "lr": 1e-9,
-                                 "eval_samples": 4, "tasks": ["caption"], "eval_split": "val"}}
+    ask = ["Describe this image."]  # the same request in both stages, so their held-out losses are comparable
+    raw = tiny_config(tmp_path, steps=2, eval_samples=4, tasks=["caption"], caption_instructions=ask)
+    raw["align"] = {"train_on_prompt": False,
+                    "finetune": {"strategy": "none", "precision": "fp32", "steps": 1, "batch_size": 2, "lr": 1e-9,
+                                 "eval_samples": 4, "tasks": ["caption"], "eval_split": "val",
+                                 "caption_instructions": ask}}
     cfg = parse_config(raw)
     one = train(cfg, "pretrain", shards, str(tmp_path / "stage1"))
     two = train(cfg, "finetune", shards, str(tmp_path / "stage2"), init_from=one["model_uri"])
