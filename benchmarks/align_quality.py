@@ -74,9 +74,9 @@ def per_image(texts: list[str], max_repetition: float) -> dict[str, list[float]]
     }
 
 
-def quality(texts: list[str], max_repetition: float) -> dict[str, float]:
-    figures = {k: round(mean(v), 2 if k == "words" else 4) for k, v in per_image(texts, max_repetition).items()}
-    return {"n": len(texts), **figures}
+def quality(figures: dict[str, list[float]]) -> dict[str, float]:
+    """The report's figures: means of ``per_image``."""
+    return {"n": len(figures["words"]), **{k: round(mean(v), 2 if k == "words" else 4) for k, v in figures.items()}}
 
 
 def paired_change(before: list[float], after: list[float], rounds: int = 2000, seed: int = 0) -> dict[str, float]:
@@ -89,21 +89,17 @@ def paired_change(before: list[float], after: list[float], rounds: int = 2000, s
     return {"change": round(float(diff.mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4)}
 
 
-def reusable(report_path: str | None, uri: str, keys: list[str], settings: dict) -> list[str] | None:
-    """Descriptions of ``uri`` from an earlier report made on the same images with the same settings."""
-    if not report_path:
-        return None
+def reusable(report_path: str | None, keys: list[str], settings: dict) -> dict[str, list[str]]:
+    """Descriptions by model URI from an earlier report made on the same images with the same settings."""
     try:
-        with open(report_path) as fh:
+        with open(report_path or "") as fh:
             old = json.load(fh)
     except FileNotFoundError:
-        return None
+        return {}
     if old.get("settings") != settings:
-        return None
-    for m in old.get("models", {}).values():
-        if m.get("uri") == uri and list(m.get("descriptions", {})) == keys:
-            return list(m["descriptions"].values())
-    return None
+        return {}
+    return {m["uri"]: list(m["descriptions"].values()) for m in old.get("models", {}).values()
+            if list(m.get("descriptions", {})) == keys}
 
 
 def main() -> None:
@@ -130,13 +126,14 @@ def main() -> None:
                 "max_new_tokens": args.max_new_tokens, "instruction": args.instruction}
     report: dict = {"images": len(images), "split": args.split, "settings": settings, "models": {}}
     names = ["after"] if len(args.after) == 1 else [f"after{i + 1}" for i in range(len(args.after))]
+    described = reusable(args.reuse, keys, settings)
     per: dict[str, dict[str, list[float]]] = {}
     for name, uri in zip(["before", *names], [args.before, *args.after]):
-        texts, seconds = reusable(args.reuse, uri, keys, settings), 0.0
+        texts, seconds = described.get(uri), 0.0
         if texts is None:
             texts, seconds = describe_all(uri, images, args)
         per[name] = per_image(texts, args.max_repetition)
-        report["models"][name] = {"uri": uri, **quality(texts, args.max_repetition), "seconds": round(seconds, 1),
+        report["models"][name] = {"uri": uri, **quality(per[name]), "seconds": round(seconds, 1),
                                   "descriptions": dict(zip(keys, texts))}
     cols = ["repetition", "repetitive", "repeats", "cut_off", "edited", "rejected", "words", "seconds"]
     print(f"{len(images)} held-out images ({args.split}), prompt: {args.instruction!r}")

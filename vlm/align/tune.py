@@ -74,8 +74,7 @@ def finetune(cfg_path_or_cfg, curated_uri: str, init_from: str, output_uri: str)
         raise ValueError("stage two starts from the stage-one model: pass init_from (a model artefact URI)")
     if not storage.exists(storage.join(init_from, "vlm_config.json")):
         raise FileNotFoundError(f"{init_from} is not a model artefact (no vlm_config.json)")
-    manifest = check_curated(curated_uri)
-    cfg = stage_two_config(cfg)
+    manifest = check_curated(curated_uri)  # the engine applies stage_two_config (vlm.train.loop.stage_config)
     log.info("stage two: %d curated samples, %d steps from %s", manifest["totals"]["samples"],
              cfg.align.finetune.steps, init_from)
     nproc = cfg.align.finetune.nproc
