@@ -222,7 +222,7 @@ def _deadline_http(settings: S3Settings):
     class _DeadlineHTTP(urllib3.PoolManager):
         """The HTTP layer ``minio`` sends every request through: per-attempt timeouts, retries to a deadline."""
 
-        def urlopen(self, method, url, redirect=True, **kw):  # noqa: ANN001 - urllib3's signature
+        def urlopen(self, method, url, redirect=True, **kw):
             if method == "DELETE" and "uploadId=" in url:
                 return self._abort_upload(method, url, **kw)
             t = settings.timeouts
@@ -252,7 +252,7 @@ def _deadline_http(settings: S3Settings):
                             method, _resource(url), attempt, cause, delay, clock.remaining(), clock.deadline_s)
                 time.sleep(delay)
 
-        def _abort_upload(self, method, url, **kw):  # noqa: ANN001
+        def _abort_upload(self, method, url, **kw):
             """Abort a failed multipart upload: one short try, logged (not raised) when it fails.
 
             The upload has already failed and minio re-raises that error after aborting; an upload that
@@ -269,7 +269,7 @@ def _deadline_http(settings: S3Settings):
                             "wait for the bucket's AbortIncompleteMultipartUpload rule", _resource(url), _describe(exc))
                 return urllib3.HTTPResponse(body=b"", status=204, preload_content=True)
 
-        def _gave_up(self, method, url, attempts, clock, cause) -> StorageUnavailable:  # noqa: ANN001
+        def _gave_up(self, method, url, attempts, clock, cause) -> StorageUnavailable:
             parsed = urlparse(url)
             bucket, key = _bucket_key(parsed, settings.endpoint)
             return StorageUnavailable(method, settings.url, bucket, key, attempts, clock.elapsed(), clock.deadline_s,
@@ -278,13 +278,13 @@ def _deadline_http(settings: S3Settings):
     return _DeadlineHTTP(maxsize=16)
 
 
-def _retryable(resp, preloaded: bool) -> bool:  # noqa: ANN001
+def _retryable(resp, preloaded: bool) -> bool:
     if resp.status in _RETRY_STATUS:
         return True
     return resp.status == 400 and preloaded and _s3_code(resp) == "RequestTimeout"
 
 
-def _s3_code(resp) -> str | None:  # noqa: ANN001
+def _s3_code(resp) -> str | None:
     """The ``<Code>`` of an S3 error response (reads the body unless preloaded: only for responses we drop)."""
     data = resp.data
     if not data or b"<Code>" not in data:
@@ -292,7 +292,7 @@ def _s3_code(resp) -> str | None:  # noqa: ANN001
     return data.split(b"<Code>", 1)[1].split(b"</Code>", 1)[0].decode(errors="replace")
 
 
-def _bucket_key(parsed, endpoint: str) -> tuple[str, str]:  # noqa: ANN001
+def _bucket_key(parsed, endpoint: str) -> tuple[str, str]:
     path = unquote(parsed.path).lstrip("/")
     if parsed.netloc != endpoint and parsed.netloc.endswith(endpoint.split(".", 1)[-1]):  # virtual-host style
         return parsed.netloc.split(".", 1)[0], path
@@ -420,7 +420,7 @@ class _S3Reader(io.RawIOBase):
     def readall(self) -> bytes:
         return b"".join(iter(lambda: self.read(CHUNK), b""))
 
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
+    def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
