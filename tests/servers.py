@@ -87,6 +87,19 @@ class S3Server:
         _stop(self.proc, grace=2.0)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections are still accepted by the kernel, nothing answers.
+
+        This is the common cloud failure (a hung process, a black-holed network). Only for a server of
+        your own (see ``tests/foundation/test_storage_faults.py``), never the session one others share.
+        """
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo ``pause`` (SIGCONT); the server then answers whatever is queued."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
 
 def weed_binary() -> str:
     exe = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
@@ -131,6 +144,61 @@ def start_seaweedfs(workdir: str | None = None) -> S3Server:
         server.stop()
         raise
     return server
+
+
+@dataclass
+class FaultyFront:
+    """A TCP front for a server that answers the first ``refuse`` connections itself with ``HTTP 503 SlowDown``
+    (what a throttling S3 sends), then forwards bytes both ways untouched. Point the client at ``endpoint``."""
+
+    endpoint: str
+    refuse: int
+    refused: int
+    _listener: socket.socket
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+_SLOW_DOWN_BODY = b'<?xml version="1.0"?><Error><Code>SlowDown</Code><Message>Please reduce your rate</Message></Error>'
+SLOW_DOWN = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+             b"Content-Length: %d\r\n\r\n%s" % (len(_SLOW_DOWN_BODY), _SLOW_DOWN_BODY))
+
+
+def start_faulty_front(target: str, refuse: int) -> FaultyFront:
+    """Listen on a free port in front of ``target`` (``http://host:port``); see ``FaultyFront``."""
+    import threading
+
+    host, port = target.split("//", 1)[-1].rsplit(":", 1)
+    listener = socket.create_server(("127.0.0.1", 0))
+    front = FaultyFront(f"http://127.0.0.1:{listener.getsockname()[1]}", refuse, 0, listener)
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve(conn: socket.socket) -> None:
+        if front.refused < front.refuse:
+            front.refused += 1
+            with contextlib.suppress(OSError), conn:
+                conn.recv(1 << 16)  # the request head (the tests send bodiless requests through here)
+                conn.sendall(SLOW_DOWN)
+            return
+        upstream = socket.create_connection((host, int(port)))
+        threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+        pipe(conn, upstream)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return front
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 
 import pytest
 
@@ -127,37 +128,42 @@ def test_copy_tree_and_local_copy_between_local_and_s3(tmp_path, s3_prefix):
     assert single.read_text() == "{}"
 
 
-def test_transient_errors_are_retried(monkeypatch):
-    from minio.error import ServerError
-
-    monkeypatch.setattr("time.sleep", lambda s: None)
-    calls = {"n": 0}
-
-    def flaky():
-        calls["n"] += 1
-        if calls["n"] < 3:
-            raise ServerError("503 slow down", 503)
-        return "ok"
-
-    assert storage.retry(flaky)() == "ok" and calls["n"] == 3
-
-    def permanent():
-        raise ValueError("bad bucket name")
-
-    with pytest.raises(ValueError):
-        storage.retry(permanent)()
-
-
-def test_s3_unreachable_endpoint_fails_clearly(monkeypatch):
+def test_s3_unreachable_endpoint_fails_clearly_within_the_deadline(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    monkeypatch.setenv("VLM_STORAGE_RETRIES", "2")
-    monkeypatch.setattr("time.sleep", lambda s: None)
-    storage._client_for.cache_clear()
-    with pytest.raises(Exception) as err:
-        storage.read_bytes("s3://bucket/key")
-    assert "127.0.0.1" in str(err.value) or "Connection" in type(err.value).__name__ or "connect" in str(err.value).lower()
+    monkeypatch.setenv("VLM_STORAGE_DEADLINE_S", "3")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")  # else the first request looks up the bucket's region
+    start = time.monotonic()
+    with pytest.raises(storage.StorageUnavailable) as err:
+        storage.read_bytes("s3://bucket/some/key")
+    elapsed = time.monotonic() - start
+    assert 2.0 <= elapsed <= 6.0, elapsed  # retried (connection refused) until the deadline, not beyond
+    assert err.value.attempts >= 2 and (err.value.bucket, err.value.key) == ("bucket", "some/key")
+    message = str(err.value)
+    assert "http://127.0.0.1:1" in message and "s3://bucket/some/key" in message and "NewConnectionError" in message
+
+
+@pytest.mark.parametrize("name", ["VLM_STORAGE_CONNECT_TIMEOUT_S", "VLM_STORAGE_READ_TIMEOUT_S",
+                                  "VLM_STORAGE_DEADLINE_S"])
+@pytest.mark.parametrize("value", ["soon", "0", "-1"])
+def test_bad_time_limit_in_environment_is_a_clear_error(monkeypatch, name, value):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(storage.StorageError, match=f"{name} must be a number of seconds > 0.*{value!r}"):
+        storage.exists("s3://bucket/key")
+
+
+def test_time_limits_come_from_the_environment(monkeypatch):
+    for name in ("VLM_STORAGE_CONNECT_TIMEOUT_S", "VLM_STORAGE_READ_TIMEOUT_S", "VLM_STORAGE_DEADLINE_S"):
+        monkeypatch.delenv(name, raising=False)
+    assert storage.Timeouts.from_env() == storage.Timeouts(connect_s=10, read_s=60, deadline_s=180)
+    monkeypatch.setenv("VLM_STORAGE_READ_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("VLM_STORAGE_DEADLINE_S", "840")
+    assert storage.Timeouts.from_env() == storage.Timeouts(connect_s=10, read_s=2.5, deadline_s=840)
+    monkeypatch.setenv("VLM_STORAGE_DEADLINE_S", "900")  # retried signatures would be older than 15 minutes
+    with pytest.raises(storage.StorageError, match="at most 840"):
+        storage.Timeouts.from_env()
 
 
 def test_credentials_only_from_environment(monkeypatch, s3_server):
