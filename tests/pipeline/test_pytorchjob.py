@@ -7,7 +7,8 @@ import copy
 import pytest
 
 from vlm.k8s.config import ClusterConfig
-from vlm.k8s.pytorchjob import PyTorchJobError, build_pytorchjob, job_name, validate_core_manifest, validate_pytorchjob
+from vlm.k8s.launch import job_name
+from vlm.k8s.pytorchjob import PyTorchJobError, build_pytorchjob, validate_core_manifest, validate_pytorchjob
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def test_manifest_is_valid(manifest):
     pod = spec["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["name"] == "pytorch"
-    assert container["command"] == ["python", "-m", "vlm.train"]
+    assert container["command"] == ["python", "-m", "torch.distributed.run", "-m", "vlm.train"]  # torchrun: PET_*
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert {"name": "VLM_PARENT_RUN_ID", "value": "abc"} in container["env"]
     assert container["envFrom"][0]["secretRef"]["name"] == "vlm-s3-credentials"
