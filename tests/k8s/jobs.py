@@ -57,6 +57,23 @@ def run_with_operator(admin, client, cluster: ClusterConfig, name: str, script: 
     return outcome, op
 
 
+API = {"pytorchjob": ("kubeflow.org", "v1", "pytorchjobs"), "trainjob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs")}
+
+
+def stored_job(admin, launcher: str, namespace: str, name: str) -> dict | None:
+    """The job as the API server stores it, or None when it does not exist."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        group, version, plural = API[launcher]
+        return client.CustomObjectsApi(admin).get_namespaced_custom_object(group, version, namespace, plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 def pod_log_records(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "vlm.k8s.lifecycle" and r.levelno == logging.INFO
             and r.getMessage().startswith("[")]

@@ -8,24 +8,11 @@ import logging
 
 import pytest
 
-from tests.k8s.jobs import LOG_LINES, cluster_config, pipeline_client, pod_log_records, run_with_operator
+from tests.k8s.jobs import stored_job, LOG_LINES, cluster_config, pipeline_client, pod_log_records, run_with_operator
 from vlm.k8s import crds as vendored
 from vlm.k8s.launch import prepare_job
 from vlm.k8s.lifecycle import ClusterJobError, dropped_fields
 
-GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
-
-
-def _get(admin, namespace, name):
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        return client.CustomObjectsApi(admin).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
 
 
 def test_trainer_crds_and_runtimes_are_served(k8s, admin, crds):
@@ -33,11 +20,10 @@ def test_trainer_crds_and_runtimes_are_served(k8s, admin, crds):
 
     assert json.dumps(vendored.crd("TrainJob")).count("x-kubernetes-validations") == 17
     api = client.CustomObjectsApi(admin)
-    names = {r["metadata"]["name"] for r in api.list_cluster_custom_object(GROUP, VERSION, "clustertrainingruntimes")["items"]}
+    names = {r["metadata"]["name"] for r in api.list_cluster_custom_object("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes")["items"]}
     assert {"torch-distributed", "deepspeed-distributed"} <= names
-    served = json.dumps(client.ApiextensionsV1Api(admin).read_custom_resource_definition("trainjobs.trainer.kubeflow.org")
-                        .to_dict())
-    assert ("x_kubernetes_validations" in served or "x-kubernetes-validations" in served) == \
+    served = k8s.kubectl("get", "crd", "trainjobs.trainer.kubeflow.org", "-o", "json").stdout
+    assert ("x-kubernetes-validations" in served) == \
         (k8s.minor >= vendored.CEL_MIN_MINOR)
 
 
@@ -58,7 +44,7 @@ def test_trainjob_succeeds_logs_and_is_deleted(k8s, admin, crds, kubelet, namesp
     lines = pod_log_records(caplog)
     assert len(lines) == len(LOG_LINES) and lines[1].endswith("tracking to http://***@mlflow.example:5000")
     assert "s3cr3t" not in caplog.text
-    assert _get(admin, namespace, "vlm-pretrain-tj") is None
+    assert stored_job(admin, "trainjob", namespace, "vlm-pretrain-tj") is None
     pod = op.pod["spec"]  # what the stand-in Trainer made from the TrainJob + runtime patch, admitted by the server
     assert pod["service_account_name"] == sa and pod["node_selector"] == {"nvidia.com/gpu.present": "true"}
     assert {v["name"] for v in pod["volumes"]} == {"dshm"}
@@ -70,11 +56,11 @@ def test_trainjob_failed_and_stuck(k8s, admin, crds, kubelet, namespace, helm_te
     failed, _ = run_with_operator(admin, client, cluster_config(namespace, "trainjob", sa), "vlm-tj-bad", "fail",
                                   kubelet=kubelet, failure_message="trainer node-0 exited with code 137")
     assert isinstance(failed, ClusterJobError) and "failed: trainer node-0 exited with code 137" in str(failed)
-    assert _get(admin, namespace, "vlm-tj-bad") is not None, "failed jobs are kept by default"
+    assert stored_job(admin, "trainjob", namespace, "vlm-tj-bad") is not None, "failed jobs are kept by default"
     stuck, _ = run_with_operator(admin, client, cluster_config(namespace, "trainjob", sa, timeout_s=3,
                                                                delete_job="always"), "vlm-tj-stuck", "stuck")
     assert isinstance(stuck, ClusterJobError) and "did not finish within 3s" in str(stuck)
-    assert _get(admin, namespace, "vlm-tj-stuck") is None, "delete_job=always deletes a timed-out job"
+    assert stored_job(admin, "trainjob", namespace, "vlm-tj-stuck") is None, "delete_job=always deletes a timed-out job"
 
 
 def test_deepspeed_stage_uses_the_mpi_runtime(admin, crds, namespace):
@@ -101,16 +87,9 @@ def test_no_credential_reaches_the_server(k8s, admin, crds, kubelet, namespace, 
     caplog.set_level(logging.INFO)
     result, _ = run_with_operator(admin, client, cluster, f"vlm-cred-{launcher}", "succeed", kubelet=kubelet)
     assert result["status"] == "Succeeded"
-    stored = json.dumps(_stored(admin, launcher, namespace, f"vlm-cred-{launcher}"))
+    stored = json.dumps(stored_job(admin, launcher, namespace, f"vlm-cred-{launcher}"))
     assert "s3cr3t" not in stored and "alice" not in stored
     assert '"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.example:5000"' in stored
     assert "vlm-s3-credentials" in stored  # the Secret, by reference
     assert "s3cr3t" not in caplog.text and "carries credentials" in caplog.text
 
-
-def _stored(admin, launcher, namespace, name):
-    from kubernetes import client
-
-    group, version, plural = (("kubeflow.org", "v1", "pytorchjobs") if launcher == "pytorchjob"
-                              else (GROUP, VERSION, PLURAL))
-    return client.CustomObjectsApi(admin).get_namespaced_custom_object(group, version, namespace, plural, name)

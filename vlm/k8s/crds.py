@@ -5,8 +5,11 @@
 
 Both are byte-for-byte the upstream ``manifests/base/crds`` files at those tags (Apache-2.0). We validate a
 manifest against the CRD's openAPIV3Schema before sending it (a cluster would prune unknown fields silently),
-and :func:`for_server` adapts a CRD to an older API server (CEL rules, ``x-kubernetes-validations``, exist
-from Kubernetes 1.25; an older server refuses them under server-side apply).
+and :func:`for_server` adapts a CRD to an older API server: CEL rules (``x-kubernetes-validations``) exist from
+Kubernetes 1.25, and v1.20 also refuses the empty-string defaults newer core types carry
+(``name: {default: ""}`` in object references: "Invalid value: null", in Trainer's CRDs); below 1.25 both are
+stripped (a list-map key that loses its default becomes required instead; the defaults only fill ``""`` into
+absent names, and the controllers' webhooks check the rules anyway).
 """
 
 from __future__ import annotations
@@ -44,17 +47,25 @@ def schema(kind: str) -> dict[str, Any]:
 
 
 def for_server(crd_obj: dict[str, Any], minor: int) -> dict[str, Any]:
-    """``crd_obj`` for an API server of version 1.<minor>: CEL rules kept from 1.25, stripped below."""
+    """``crd_obj`` for an API server of version 1.<minor>: kept as is from 1.25; below, without CEL rules and
+    empty-string defaults."""
     if minor >= CEL_MIN_MINOR:
         return crd_obj
-    return _without_key(crd_obj, "x-kubernetes-validations")
+    return _for_old_server(crd_obj)
 
 
-def _without_key(node: Any, key: str) -> Any:
+def _for_old_server(node: Any) -> Any:
     if isinstance(node, dict):
-        return {k: _without_key(v, key) for k, v in node.items() if k != key}
+        keys = node.get("x-kubernetes-list-map-keys") or []
+        items = node.get("items") if isinstance(node.get("items"), dict) else {}
+        defaulted = [k for k in keys if (items.get("properties") or {}).get(k, {}).get("default") == ""]
+        if defaulted:  # a list-map key needs a default or to be required: required it is
+            items = {**items, "required": sorted({*(items.get("required") or []), *defaulted})}
+            node = {**node, "items": items}
+        return {k: _for_old_server(v) for k, v in node.items()
+                if k != "x-kubernetes-validations" and not (k == "default" and v == "")}
     if isinstance(node, list):
-        return [_without_key(v, key) for v in node]
+        return [_for_old_server(v) for v in node]
     return node
 
 
