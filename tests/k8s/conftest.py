@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-import warnings
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,12 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.k8s)
+            item.add_marker(pytest.mark.filterwarnings("ignore:Unverified HTTPS request"))  # self-signed server
 
 
 @pytest.fixture(scope="session")
 def k8s(tmp_path_factory):
     """The running control plane (etcd + kube-apiserver), stopped by PID at the end of the session."""
-    warnings.filterwarnings("ignore", message="Unverified HTTPS request")
     try:
         env = testenv.start(tmp_path_factory.mktemp("k8s"))
     except RuntimeError as exc:

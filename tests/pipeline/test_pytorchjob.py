@@ -8,7 +8,8 @@ import pytest
 
 from vlm.k8s.config import ClusterConfig
 from vlm.k8s.launch import job_name
-from vlm.k8s.pytorchjob import PyTorchJobError, build_pytorchjob, validate_core_manifest, validate_pytorchjob
+from vlm.k8s.lifecycle import ClusterJobError
+from vlm.k8s.pytorchjob import build_pytorchjob, validate_core_manifest, validate_pytorchjob
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_schema_catches_wrong_types_and_unknown_fields(manifest):
     bad = copy.deepcopy(manifest)
     bad["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
     bad["spec"]["runPolicy"]["backoffLimitt"] = 3
-    with pytest.raises(PyTorchJobError) as err:
+    with pytest.raises(ClusterJobError) as err:
         validate_pytorchjob(bad)
     assert "replicas" in str(err.value) and "backoffLimitt: unknown field" in str(err.value)
 
@@ -52,11 +53,11 @@ def test_schema_catches_wrong_types_and_unknown_fields(manifest):
 def test_pod_template_checked_as_core_pod(manifest):
     bad = copy.deepcopy(manifest)
     bad["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["imagee"] = "x"
-    with pytest.raises(PyTorchJobError, match="imagee"):
+    with pytest.raises(ClusterJobError, match="imagee"):
         validate_pytorchjob(bad)
     renamed = copy.deepcopy(manifest)
     renamed["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["name"] = "trainer"
-    with pytest.raises(PyTorchJobError, match="named 'pytorch'"):
+    with pytest.raises(ClusterJobError, match="named 'pytorch'"):
         validate_pytorchjob(renamed)
 
 

@@ -18,8 +18,6 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "PyTorchJob"
 CONTAINER = "pytorch"  # the Training Operator requires this container name
 
-PyTorchJobError = ClusterJobError  # the name callers of this module knew
-
 
 def pytorchjob_model(name: str, command_args: list[str], cluster: ClusterConfig,
                      env: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> Any:
