@@ -14,12 +14,13 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system-deps demo align-benchmark test test-slow test-all images compile clean help
+.PHONY: setup system-deps demo align-benchmark test test-slow test-k8s test-all k8s-testenv images compile clean help
 
 help:
 	@echo "make demo       run the whole pipeline locally ($(CONFIG))"
 	@echo "make test       run the default test suite"
 	@echo "make test-slow  run the slow tests (demo configuration, long trainings)"
+	@echo "make test-k8s   run the tests against a real kube-apiserver + etcd (builds them once: make k8s-testenv)"
 	@echo "make align-benchmark  after make demo: stage one vs. stage two descriptions of held-out images"
 	@echo "make images     build the container images (needs a Docker engine)"
 
@@ -61,7 +62,17 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-test-all: setup
+# The Kubernetes tests' control plane: $KUBEBUILDER_ASSETS (kube-apiserver, etcd, kubectl, e.g. from
+# `setup-envtest use -p path`) when set; otherwise built offline from Debian's kubernetes source package,
+# once per machine, into ~/.cache/vlm-platform/k8s-testenv/ (~8 min on 2 idle cores, ~2 GB of scratch disk).
+k8s-testenv:
+	@if [ -n "$$KUBEBUILDER_ASSETS" ]; then echo "k8s test binaries: KUBEBUILDER_ASSETS=$$KUBEBUILDER_ASSETS"; \
+	else bash tests/k8s/build-testenv.sh; fi
+
+test-k8s: setup k8s-testenv
+	$(BIN)/python -m pytest -m k8s $(PYTEST_ARGS)
+
+test-all: setup k8s-testenv
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 compile: setup

@@ -13,6 +13,7 @@ import yaml
 
 from vlm import storage
 from vlm.config import PipelineConfig, load_config, parse_config
+from vlm.redact import strip_userinfo
 from vlm.steps import resolve_paths
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ def submit(config_path: str, host: str | None = None, namespace: str | None = No
         pkg = package or compile_pipeline(str(Path(tmp) / "pipeline.yaml"), config_path)
         client = kfp.Client(host=host, namespace=namespace, existing_token=existing_token)
         run = client.create_run_from_pipeline_package(
-            pkg, arguments={"config_yaml": config_yaml, "run_name": run_name, "launcher": "pytorchjob"},
+            pkg, arguments={"config_yaml": strip_userinfo(config_yaml), "run_name": run_name,
+                            "launcher": cfg.cluster.launcher if cfg.cluster.launcher != "local" else "pytorchjob"},
             run_name=run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             experiment_name=experiment or cfg.experiment_name(), namespace=namespace,
             service_account=cfg.cluster.service_account or None)

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from vlm import storage, tracking
+from vlm import redact, storage, tracking
 from vlm.config import PipelineConfig, load_config, parse_config
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def prepare(config_yaml: str, overrides_json: str = "{}", run_tag: str = "", par
     cfg = parse_config(data, source="pipeline config")
     tag = _tag(run_tag)
     layout = run_layout(cfg, tag)
-    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    text = yaml.safe_dump(redact.scrub_config(cfg.model_dump(mode="json"), log), sort_keys=False)
     storage.write_text(layout["config"], text)
     tracking.configure(cfg.tracking.uri)
     if not parent_run_id:
@@ -176,7 +176,7 @@ def experts_index(config_uri: str, data_uri: str, labels_uri: str) -> str:
 
 def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from: str = "",
           labels_uri: str = "", parent_run_id: str = "", run_tag: str = "") -> dict[str, Any]:
-    """Run a training stage: ``torchrun`` here (launcher ``local``) or a PyTorchJob (launcher ``pytorchjob``)."""
+    """Run a training stage: ``torchrun`` here (launcher ``local``), else a PyTorchJob or TrainJob (``vlm.k8s``)."""
     cfg = load_config(config_uri)
     if stage == "finetune" and not cfg.align.enabled:
         return {"output": init_from, "run_id": "", "skipped": True}
@@ -192,14 +192,13 @@ def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from
         args += ["--labels", labels_uri]
     summary_uri = storage.join(output_uri.rstrip("/") + "-summary.json")
     args += ["--summary", summary_uri]
-    if cfg.cluster.launcher == "pytorchjob":
-        from vlm.k8s.pytorchjob import build_pytorchjob, job_name, run_pytorchjob
+    if cfg.cluster.launcher != "local":
+        from vlm.k8s.launch import job_name, run_cluster_job
+        from vlm.train.loop import stage_config
 
-        passthrough = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
-                                                  "AWS_DEFAULT_REGION") if os.environ.get(k)}
-        manifest = build_pytorchjob(job_name(stage, run_tag or "run"), args, cfg.cluster, env={**passthrough, **env},
-                                    labels={"app.kubernetes.io/part-of": "vlm-platform", "vlm.stage": stage})
-        run_pytorchjob(manifest, timeout_s=cfg.cluster.timeout_s)
+        run_cluster_job(cfg.cluster, job_name(stage, run_tag or "run"), args, env=env,
+                        labels={"app.kubernetes.io/part-of": "vlm-platform", "vlm.stage": stage},
+                        strategy=stage_config(cfg, stage).strategy)
     else:
         from vlm.train import launch_local
         from vlm.train.loop import stage_config

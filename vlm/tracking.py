@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from vlm.redact import redact
+
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "VLM_PARENT_RUN_ID"
@@ -67,7 +69,7 @@ class Run:
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
-        flat = _flatten(params)
+        flat = redact(_flatten(params))
         batch = [Param(k, str(v)[:6000]) for k, v in flat.items()]
         client = MlflowClient()
         for i in range(0, len(batch), 100):
@@ -88,7 +90,7 @@ class Run:
         from mlflow import MlflowClient
         from mlflow.entities import RunTag
 
-        MlflowClient().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        MlflowClient().log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         from mlflow import MlflowClient

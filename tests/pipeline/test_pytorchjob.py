@@ -7,7 +7,9 @@ import copy
 import pytest
 
 from vlm.k8s.config import ClusterConfig
-from vlm.k8s.pytorchjob import PyTorchJobError, build_pytorchjob, job_name, validate_core_manifest, validate_pytorchjob
+from vlm.k8s.launch import job_name
+from vlm.k8s.lifecycle import ClusterJobError
+from vlm.k8s.pytorchjob import build_pytorchjob, validate_core_manifest, validate_pytorchjob
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def test_manifest_is_valid(manifest):
     pod = spec["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["name"] == "pytorch"
-    assert container["command"] == ["python", "-m", "vlm.train"]
+    assert container["command"] == ["python", "-m", "torch.distributed.run", "-m", "vlm.train"]  # torchrun: PET_*
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert {"name": "VLM_PARENT_RUN_ID", "value": "abc"} in container["env"]
     assert container["envFrom"][0]["secretRef"]["name"] == "vlm-s3-credentials"
@@ -43,7 +45,7 @@ def test_schema_catches_wrong_types_and_unknown_fields(manifest):
     bad = copy.deepcopy(manifest)
     bad["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
     bad["spec"]["runPolicy"]["backoffLimitt"] = 3
-    with pytest.raises(PyTorchJobError) as err:
+    with pytest.raises(ClusterJobError) as err:
         validate_pytorchjob(bad)
     assert "replicas" in str(err.value) and "backoffLimitt: unknown field" in str(err.value)
 
@@ -51,11 +53,11 @@ def test_schema_catches_wrong_types_and_unknown_fields(manifest):
 def test_pod_template_checked_as_core_pod(manifest):
     bad = copy.deepcopy(manifest)
     bad["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["imagee"] = "x"
-    with pytest.raises(PyTorchJobError, match="imagee"):
+    with pytest.raises(ClusterJobError, match="imagee"):
         validate_pytorchjob(bad)
     renamed = copy.deepcopy(manifest)
     renamed["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["name"] = "trainer"
-    with pytest.raises(PyTorchJobError, match="named 'pytorch'"):
+    with pytest.raises(ClusterJobError, match="named 'pytorch'"):
         validate_pytorchjob(renamed)
 
 

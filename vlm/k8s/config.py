@@ -1,4 +1,4 @@
-"""Where and how training runs on a cluster (used when the pipeline's launcher is ``pytorchjob``)."""
+"""Where and how training runs on a cluster (the pipeline's launcher ``pytorchjob`` or ``trainjob``)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,16 @@ class Toleration(Section):
 
 
 class ClusterConfig(Section):
-    """PyTorchJob settings: one master + ``workers`` workers, ``nproc_per_node`` processes each."""
+    """Cluster training: ``1 + workers`` nodes, ``nproc_per_node`` processes each, as a Training Operator v1
+    PyTorchJob (launcher ``pytorchjob``) or a Kubeflow Trainer v2 TrainJob (launcher ``trainjob``)."""
 
-    launcher: Literal["local", "pytorchjob"] = Field("local", description="local = torchrun on this machine")
+    launcher: Literal["local", "pytorchjob", "trainjob"] = Field(
+        "local", description="local = torchrun on this machine; pytorchjob = Training Operator v1; trainjob = Trainer v2")
+    runtime: str = Field("torch-distributed", description="trainjob: the ClusterTrainingRuntime (torchrun)")
+    deepspeed_runtime: str = Field(
+        "deepspeed-distributed",
+        description="trainjob with strategy deepspeed: an MPI ClusterTrainingRuntime (its image needs OpenMPI and "
+                    "sshd); set it to the value of `runtime` to run DeepSpeed under torchrun as the PyTorchJob does")
     namespace: str = "kubeflow"
     image: str = Field("ghcr.io/vlm-platform/vlm-platform:0.1.0-cpu", description="image for data/eval/registry steps")
     training_image: str = Field("ghcr.io/vlm-platform/vlm-platform:0.1.0-cuda", description="image for PyTorchJob pods")
@@ -40,5 +47,8 @@ class ClusterConfig(Section):
     secret_keys: list[str] = Field(default_factory=lambda: ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
                                    description="Secret keys given to every kfp step")
     service_account: str = ""
-    timeout_s: int = Field(24 * 3600, ge=60)
+    timeout_s: int = Field(24 * 3600, ge=1, description="the step fails when the job has not finished by then")
+    poll_s: int = Field(15, ge=1, description="seconds between two status reads of the job")
+    delete_job: Literal["never", "on_success", "always"] = Field(
+        "on_success", description="delete the job (and so its pods) after it ran; failed jobs are kept by default")
     shm_size: str = Field("16Gi", description="size of the /dev/shm emptyDir for dataloader workers and NCCL")
