@@ -116,7 +116,10 @@ def test_evaluate_stage_simple_arguments(mlflow_uri, tiny_model_uri, coco_dir, t
 
 
 def test_vqa_scoring_against_known_answers(vqa_dir, tmp_path):
-    """A model that answers correctly scores 1 on VQAv2 questions (8/10 agreement) and 0 when wrong."""
+    """A model that answers correctly scores 1 on VQAv2 questions (8/10 agreement) and 0 when wrong.
+
+    Official rule: "The Red." is normalised to match "red" (the ten answers differ: 8 "red", 2 "dark"), but a
+    yes/no question whose ten answers agree takes the answer as written: "The No." scores 0 there."""
 
     class Oracle:
         training = False
@@ -129,15 +132,21 @@ def test_vqa_scoring_against_known_answers(vqa_dir, tmp_path):
             for im, q in zip(images, instructions):
                 name = {(220, 30, 30): "red", (30, 170, 60): "green", (30, 70, 220): "blue",
                         (240, 210, 20): "yellow"}[im.getpixel((0, 0))]
-                ans = name if "colour" in q else ("yes" if name == "red" else "no")
-                outs.append(("The " + ans.capitalize() + ".") if self.right else "purple")
+                if "colour" in q:
+                    outs.append(f"The {name.capitalize()}." if self.right else "purple")
+                else:
+                    ans = "yes" if name == "red" else "no"
+                    outs.append(ans if self.right == "exact" else f"The {ans.capitalize()}." if self.right else "maybe")
             return outs
 
     q = str(vqa_dir / "v2_OpenEnded_mscoco_val2014_questions.json")
     cfg = EvalConfig(tasks=["vqa"], **FAST)
-    good = evaluate("oracle", q, cfg, model=Oracle(True), track=False, output=str(tmp_path / "a"))
+    good = evaluate("oracle", q, cfg, model=Oracle("exact"), track=False, output=str(tmp_path / "a"))
+    loose = evaluate("oracle", q, cfg, model=Oracle(True), track=False, output=str(tmp_path / "c"))
     bad = evaluate("oracle", q, cfg, model=Oracle(False), track=False, output=str(tmp_path / "b"))
     assert good["metrics"]["vqa_accuracy"] == pytest.approx(1.0)
+    assert loose["metrics"]["vqa_accuracy_other"] == pytest.approx(1.0)
+    assert loose["metrics"]["vqa_accuracy_yes_no"] == 0.0 and loose["metrics"]["vqa_exact_match"] == 1.0
     assert bad["metrics"]["vqa_accuracy"] == 0.0
 
 
