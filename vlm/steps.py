@@ -106,8 +106,8 @@ def prepare(config_yaml: str, overrides_json: str = "{}", run_tag: str = "", par
         import mlflow
         from mlflow import MlflowClient
 
-        mlflow.set_experiment(cfg.experiment_name())
-        exp_id = mlflow.get_experiment_by_name(cfg.experiment_name()).experiment_id
+        exp_id = tracking.ensure_experiment(cfg.experiment_name())
+        mlflow.set_experiment(experiment_id=exp_id)
         parent_run_id = MlflowClient().create_run(exp_id, run_name=f"pipeline-{tag}",
                                                   tags={tracking.PIPELINE_TAG: cfg.name, "vlm.run_tag": tag}).info.run_id
     run = tracking.Run(parent_run_id)
