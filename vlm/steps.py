@@ -250,11 +250,12 @@ def evaluate(config_uri: str, model_uri: str, data_uri: str, output_uri: str, tr
 
     cfg = load_config(config_uri)
     tracking.configure(cfg.tracking.uri)
+    ecfg = cfg.eval.model_copy(update={"compare_to": cfg.eval.compare_to or cfg.registered_model_name()})
     if train_run_id:
-        return run_eval(model_uri, data_uri, cfg.eval, run_id=train_run_id, output=output_uri,
+        return run_eval(model_uri, data_uri, ecfg, run_id=train_run_id, output=output_uri,
                         experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri)
     with tracking.stage_run("evaluate", cfg.experiment_name(), parent_run_id=parent_run_id or None) as run:
-        return run_eval(model_uri, data_uri, cfg.eval, run_id=run.run_id, output=output_uri,
+        return run_eval(model_uri, data_uri, ecfg, run_id=run.run_id, output=output_uri,
                         experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri)
 
 

@@ -321,6 +321,17 @@ def promote(name: str, version: str | int, gate: GateConfig | None = None, force
     return decision
 
 
+def champion(name: str, *, tracking_uri: str | None = None) -> dict[str, Any] | None:
+    """``{name, version, metrics}`` of the version holding alias ``champion``, or None (no such model or alias)."""
+    from mlflow import MlflowClient
+
+    tracking.configure(tracking_uri)
+    found = _alias_version(MlflowClient(), name, CHAMPION)
+    if found is None:
+        return None
+    return {"name": name, "version": str(found.version), "metrics": metrics_from_tags(found.tags)}
+
+
 def list_versions(name: str, *, tracking_uri: str | None = None) -> list[dict[str, Any]]:
     """Versions of ``name`` (newest first) with their aliases, metrics, gate outcome and source run."""
     from mlflow import MlflowClient
