@@ -13,16 +13,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.servers import _stop, _wait, free_port
+from tests.servers import _stop, serve_mlflow
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -83,22 +80,8 @@ def test_the_platform_marks_its_experiment_as_model_training(demo_store):
 @pytest.fixture(scope="module")
 def mlflow_ui(demo_store):
     """``mlflow ui`` on the demo store, as the demo's summary tells the user to start it; yields its URL."""
-    port = free_port()
-    log = demo_store["dir"] / "mlflow-ui.log"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
-                             demo_store["tracking_uri"], "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=demo_store["dir"],
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-            return resp.status == 200
-
+    url, proc = serve_mlflow("ui", ["--backend-store-uri", demo_store["tracking_uri"]], demo_store["dir"])
     try:
-        _wait(ready, 120, "mlflow ui", proc, log)
         yield url
     finally:
         _stop(proc)

@@ -183,18 +183,6 @@ def test_cli_evaluate(tiny_model_uri, coco_dir, tmp_path):
     assert res.exit_code == 1 and "invalid option" in res.output
 
 
-@pytest.fixture(scope="module")
-def split_shards(tmp_path_factory) -> str:
-    """24 builtin:shapes scenes, half train, half test."""
-    from vlm.data.config import ShardConfig
-    from vlm.data.shard import shard_dataset
-
-    out = str(tmp_path_factory.mktemp("split") / "ds")
-    shard_dataset("builtin:shapes", out, ShardConfig(builtin_size=24, samples_per_shard=12, builtin_image_size=48,
-                                                     split={"train": 0.5, "val": 0, "test": 0.5}))
-    return out
-
-
 def test_report_baselines_from_train_split_and_change_vs_champion(mlflow_uri, split_shards, tiny_model_uri, tmp_path):
     """A model that knows every answer: the report's summary shows it against the text-only baselines of the
     train split (recomputed here) and against the current champion's registered metrics."""
