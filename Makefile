@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup system-deps demo align-benchmark test test-slow test-k8s test-all k8s-testenv images compile clean help
+.PHONY: setup system-deps browser-deps demo align-benchmark test test-slow test-k8s test-all k8s-testenv images compile clean help
 
 help:
 	@echo "make demo       run the whole pipeline locally ($(CONFIG))"
@@ -39,6 +39,11 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/nodeps.txt
 # (the default OCR backend, rapidocr, needs none) and Java for PTB tokenization / METEOR in evaluation.
 system-deps:
 	apt-get update -qq && apt-get install -y -qq tesseract-ocr default-jre-headless
+
+# Headless Chromium (Debian's package, as root) for the MLflow UI browser test (tests/e2e/test_mlflow_ui.py);
+# Playwright drives it and never downloads a browser of its own.
+browser-deps:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 demo: setup
 	$(BIN)/vlm run --config $(CONFIG)

@@ -212,22 +212,16 @@ class MlflowServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_mlflow(s3: S3Server, bucket: str = "mlflow", workdir: str | None = None) -> MlflowServer:
-    """``mlflow server`` with a sqlite backend and artefacts proxied to ``s3://<bucket>/artifacts``."""
-    work = Path(workdir or tempfile.mkdtemp(prefix="vlm-mlflow-"))
-    port = free_port()
-    env = {**os.environ, **s3.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+def serve_mlflow(command: str, args: list[str], work: Path, env: dict[str, str] | None = None
+                 ) -> tuple[str, subprocess.Popen]:
+    """``mlflow <command> --host 127.0.0.1 --port P --workers 1 <args>`` run in ``work`` (``server`` or ``ui``),
+    waited for until ``/health`` answers; returns its URL and process (the log is ``work/mlflow-<command>.log``)."""
+    env = {**(env or os.environ), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    from minio import Minio
-
-    client = Minio(s3.endpoint.split("//")[1], s3.access_key, s3.secret_key, secure=False)
-    if not client.bucket_exists(bucket):
-        client.make_bucket(bucket)
-    mlflow_exe = str(Path(sys.executable).parent / "mlflow")
-    cmd = [mlflow_exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
-           "--artifacts-destination", f"s3://{bucket}/artifacts", "--serve-artifacts"]
-    log = work / "mlflow.log"
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "mlflow"), command, "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", *args]
+    log = work / f"mlflow-{command}.log"
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=work,
                             start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
@@ -237,10 +231,24 @@ def start_mlflow(s3: S3Server, bucket: str = "mlflow", workdir: str | None = Non
             return resp.status == 200
 
     try:
-        _wait(ready, 120, "mlflow server", proc, log)
+        _wait(ready, 120, f"mlflow {command}", proc, log)
     except BaseException:
         _stop(proc)
         raise
+    return uri, proc
+
+
+def start_mlflow(s3: S3Server, bucket: str = "mlflow", workdir: str | None = None) -> MlflowServer:
+    """``mlflow server`` with a sqlite backend and artefacts proxied to ``s3://<bucket>/artifacts``."""
+    work = Path(workdir or tempfile.mkdtemp(prefix="vlm-mlflow-"))
+    from minio import Minio
+
+    client = Minio(s3.endpoint.split("//")[1], s3.access_key, s3.secret_key, secure=False)
+    if not client.bucket_exists(bucket):
+        client.make_bucket(bucket)
+    uri, proc = serve_mlflow("server", ["--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
+                                        "--artifacts-destination", f"s3://{bucket}/artifacts", "--serve-artifacts"],
+                             work, {**os.environ, **s3.env()})
     return MlflowServer(uri, proc, work)
 
 

@@ -106,8 +106,8 @@ def prepare(config_yaml: str, overrides_json: str = "{}", run_tag: str = "", par
         import mlflow
         from mlflow import MlflowClient
 
-        mlflow.set_experiment(cfg.experiment_name())
-        exp_id = mlflow.get_experiment_by_name(cfg.experiment_name()).experiment_id
+        exp_id = tracking.ensure_experiment(cfg.experiment_name())
+        mlflow.set_experiment(experiment_id=exp_id)
         parent_run_id = MlflowClient().create_run(exp_id, run_name=f"pipeline-{tag}",
                                                   tags={tracking.PIPELINE_TAG: cfg.name, "vlm.run_tag": tag}).info.run_id
     run = tracking.Run(parent_run_id)
@@ -249,11 +249,12 @@ def evaluate(config_uri: str, model_uri: str, data_uri: str, output_uri: str, tr
 
     cfg = load_config(config_uri)
     tracking.configure(cfg.tracking.uri)
+    ecfg = cfg.eval.model_copy(update={"compare_to": cfg.eval.compare_to or cfg.registered_model_name()})
     if train_run_id:
-        return run_eval(model_uri, data_uri, cfg.eval, run_id=train_run_id, output=output_uri,
+        return run_eval(model_uri, data_uri, ecfg, run_id=train_run_id, output=output_uri,
                         experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri)
     with tracking.stage_run("evaluate", cfg.experiment_name(), parent_run_id=parent_run_id or None) as run:
-        return run_eval(model_uri, data_uri, cfg.eval, run_id=run.run_id, output=output_uri,
+        return run_eval(model_uri, data_uri, ecfg, run_id=run.run_id, output=output_uri,
                         experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri)
 
 

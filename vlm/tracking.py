@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 PARENT_ENV = "VLM_PARENT_RUN_ID"
 STAGE_TAG = "vlm.stage"
 PIPELINE_TAG = "vlm.pipeline"
+# MLflow 3 marks what an experiment is for with this tag (the UI's experiment-kind selector writes it);
+# without it an experiment counts as GenAI. MLflow 3.17's UI picks its view from the GenAI / Model training
+# switch, which the ``workflowType`` parameter of a link sets: see :func:`experiment_url`.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 
 def rank() -> int:
@@ -39,7 +44,7 @@ def configure(tracking_uri: str | None = None, experiment: str | None = None) ->
     if uri:
         mlflow.set_tracking_uri(uri)
     if experiment:
-        mlflow.set_experiment(experiment)
+        mlflow.set_experiment(experiment_id=ensure_experiment(experiment))
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -136,22 +141,30 @@ class NullRun(Run):
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
 
 
-def _experiment_id(name: str) -> str:
+def ensure_experiment(name: str) -> str:
+    """The id of experiment ``name``, created (or restored) if needed and marked as model training."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:  # created concurrently by another process
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        except Exception:  # created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return exp.experiment_id
+
+
+def experiment_url(ui: str, experiment_id: str) -> str:
+    """Link to an experiment in the MLflow UI at ``ui`` (``http://host:port``) that opens on its runs table
+    (MLflow 3's "Model training" view, not the GenAI one)."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _finish(run_id: str, failed: bool) -> None:
@@ -172,7 +185,7 @@ def pipeline_run(experiment: str, run_name: str | None = None, tags: Mapping[str
 
     client = MlflowClient()
     if run_id is None:
-        run = client.create_run(_experiment_id(experiment), run_name=run_name,
+        run = client.create_run(ensure_experiment(experiment), run_name=run_name,
                                 tags={PIPELINE_TAG: experiment, **{k: str(v) for k, v in (tags or {}).items()}})
         run_id = run.info.run_id
     previous = os.environ.get(PARENT_ENV)
@@ -201,7 +214,7 @@ def create_stage_run(stage: str, experiment: str, parent_run_id: str | None = No
     tags = {STAGE_TAG: stage, PIPELINE_TAG: experiment}
     if parent:
         tags["mlflow.parentRunId"] = parent
-    run = MlflowClient().create_run(_experiment_id(experiment), run_name=run_name or stage, tags=tags)
+    run = MlflowClient().create_run(ensure_experiment(experiment), run_name=run_name or stage, tags=tags)
     return run.info.run_id
 
 

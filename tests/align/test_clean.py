@@ -43,6 +43,47 @@ def test_near_copy_sentences_are_removed():
     assert reasons(r) == ["repeated_sentence"]
 
 
+A = "There is a purple dog at the top of the image."
+B = "The background is white."
+C = "A small red circle sits at the bottom left."
+
+
+@pytest.mark.parametrize("pattern", ["AAB", "ABAB", "AAABC"])
+@pytest.mark.parametrize("glue", ["space", "newlines", "glued", "glued-lowercase"])
+def test_a_sentence_after_a_repeat_survives_exactly_once(pattern, glue):
+    """A repeated sentence goes; every other sentence stays once, however the sentences are joined
+    ("...of the image.the background is white." used to lose its second sentence with the copy of A)."""
+    said = {"A": A, "B": B, "C": C}
+    if glue == "glued-lowercase":
+        said = {k: v[0].lower() + v[1:] for k, v in said.items()}
+    text = {"space": " ", "newlines": "\n\n"}.get(glue, "").join(said[ch] for ch in pattern)
+    r = clean_description(text)
+    assert r.text == " ".join(dict.fromkeys(said[ch] for ch in pattern))
+    assert reasons(r) == ["repeated_sentence"] * (len(pattern) - len(set(pattern)))
+
+
+@pytest.mark.parametrize("text, expected, removed", [
+    # the copy of A and B in one unit (comma, semicolon, lower-case sentence glued on): it is not a near copy
+    # of A (it says something new), only the repeated part goes
+    (f"{A} {A[:-1]}, a yellow table is next to it.", f"{A} A yellow table is next to it.", "repeated_clause"),
+    (f"{A} {A[:-1]}; the background is white.", f"{A} The background is white.", "repeated_clause"),
+    (f"{A}{A}the background is white.", f"{A} the background is white.", "repeated_sentence"),
+    (f"{A} {A} {A[:-1]}, a yellow table. {C}", f"{A} A yellow table. {C}", "repeated_sentence"),
+])
+def test_a_copy_joined_to_new_content_keeps_the_new_content(text, expected, removed):
+    r = clean_description(text)
+    assert r.text == expected
+    assert removed in reasons(r) and all(A[:-1] in c.removed for c in r.changes)
+
+
+def test_a_copy_with_one_word_more_is_still_a_near_copy():
+    r = clean_description("A large red circle sits on a white table. A large red circle sits on the white table.")
+    assert r.text == "A large red circle sits on a white table." and reasons(r) == ["repeated_sentence"]
+    # the same words plus two new ones (Jaccard 10/12): it says something new, kept
+    kept = "There is a purple dog at the top of the image. There is a purple dog at the top of the image with wheels."
+    assert clean_description(kept).text == kept
+
+
 @pytest.mark.parametrize("text,expected,removed", [
     ("A dog on the the the the grass.", "A dog on the grass.", "the the the"),
     ("A dog sits next to a tree next to a tree next to a tree.", "A dog sits next to a tree.",

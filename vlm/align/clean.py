@@ -11,12 +11,14 @@ rule can repair and records every edit, so a curated set can be audited. Rules, 
    tokens that alternate letters and digits 3+ times (``a8f3k2``).
 5. ``word_loop``: collapse an n-gram repeated back to back - a single word 3+ times (``very very very``;
    "very very" is English), a 2-8 word phrase 2+ times (``on the table on the table``).
-6. Sentences are split at ``.!?`` followed by space (or glued to the next sentence: ``left.A white``).
+6. Sentences are split at ``.!?`` followed by space, or glued to the next sentence (``left.A white``,
+   ``left.the circle``: a capital or a common sentence-opening word after the mark).
    Then per sentence: ``non_english`` (see :func:`is_english`), ``meaningless`` (no word of 2+ letters),
    ``repeated_sentence`` (same words as an earlier kept sentence, ignoring case and punctuation, or a
-   near copy: token-set Jaccard >= 0.8 with 4+ tokens), ``repeated_clause`` (a comma/semicolon-separated
-   clause of 3+ words that repeats an earlier clause of the description: the list loops of
-   "a red square at the top, a blue square at the bottom, a red square at the top"),
+   near copy: token-set Jaccard >= 0.8 with 4+ tokens and at most one word the earlier sentence lacks, so
+   a copy that goes on with something new is not a near copy), ``repeated_clause`` (a comma/semicolon-
+   separated clause of 3+ words that repeats an earlier clause or one-clause sentence of the description:
+   the list loops of "a red square at the top, a blue square at the bottom, a red square at the top"),
    ``incomplete_sentence`` (ends on a word no English sentence ends on: "the", "and", "of"...),
    ``cut_off`` (the last sentence lacks ``.!?``: its unfinished tail after the last complete clause is cut
    and a full stop added when 3+ words remain, "a red square, a blue" -> "a red square."; otherwise the
@@ -106,7 +108,9 @@ REPEATED_PUNCT_RE = re.compile(r"([^\w\s])(?:\s*\1){2,}")  # "!!!", ". . .", "--
 SYMBOL_RUN_RE = re.compile(r"(?<!\S)[^\w\s]{2,}(?!\S)")    # a standalone run of 2+ symbols: "@#$%", "*&"
 WORD_RE = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*", re.UNICODE)
 SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])[\"')\]]*\s+|(?<=[。！？])\s*")
-GLUED_SENTENCE_RE = re.compile(r"(?<=[a-z]{2}[.!?])(?=[A-Z])")  # "at the top left.A white ..."
+# "at the top left.A white ...", "at the top left.the circle ..." (not "e.g.the", "3.5", "photo.jpg")
+GLUED_SENTENCE_RE = re.compile(
+    r"(?<=[a-z]{2}[.!?])(?=[A-Z]|(?:the|a|an|there|it|its|this|these|they|in|on|at|and|but)\b)")
 CLAUSE_SPLIT_RE = re.compile(r"(?<=[,;])\s+")
 LEADING_CONJUNCTION = frozenset({"and", "or", "but", "then"})
 TERMINAL_RE = re.compile(r"[.!?。！？][\"')\]]*$")
@@ -268,9 +272,11 @@ def _clause_key(clause: str) -> tuple[str, ...]:
 def _drop_repeated_clauses(sentence: str, seen: set[tuple[str, ...]], record) -> str:
     """Drop clauses (split at ``,``/``;``) of 3+ words already said in this description; ``seen`` grows.
 
-    A sentence whose last clause goes ends with a full stop: the clauses left are complete ones."""
+    A sentence whose last clause goes ends with a full stop: the clauses left are complete ones; one whose
+    first clause goes starts with a capital."""
     clauses = CLAUSE_SPLIT_RE.split(sentence)
     if len(clauses) == 1:
+        seen.add(_clause_key(sentence))  # a later "<this sentence>, <more>" repeats it
         return sentence
     out: list[str] = []
     for clause in clauses:
@@ -283,6 +289,8 @@ def _drop_repeated_clauses(sentence: str, seen: set[tuple[str, ...]], record) ->
     if out and len(out) < len(clauses) and out[-1] is not clauses[-1]:
         end = TERMINAL_RE.search(clauses[-1])
         out[-1] = out[-1].rstrip(",;") + (end.group(0) if end else ".")
+    if out and out[0] is not clauses[0]:  # the sentence now starts with its second clause
+        out[0] = out[0][:1].upper() + out[0][1:]
     return " ".join(out)
 
 
@@ -299,12 +307,15 @@ def _complete_clauses(sentence: str) -> tuple[str, str] | None:
 
 
 def _near_copy(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """``a`` (a new sentence) says what ``b`` (an earlier one) said: same words, or nearly the same
+    (token-set Jaccard >= 0.8) and at most one word of its own. The last condition keeps "<copy of b>,
+    <something new>" (a repeat with the next sentence glued to it) from counting as a copy."""
     if a == b:
         return True
     if len(a) < 4 or len(b) < 4:
         return False
     sa, sb = set(a), set(b)
-    return len(sa & sb) / len(sa | sb) >= 0.8
+    return len(sa & sb) / len(sa | sb) >= 0.8 and len(sa - sb) <= 1
 
 
 # ------------------------------------------------------------------------------------- the cleaner

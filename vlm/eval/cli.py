@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         annotations: str = typer.Option("", "--annotations", help="VQAv2 annotations json (if not next to it)."),
         image_root: str = typer.Option("", "--image-root", help="COCO/VQAv2: folder with the images."),
         run_id: str = typer.Option("", "--run-id", help="Log into this MLflow run (e.g. the training run)."),
+        compare_to: str = typer.Option("", "--compare-to", help="Registered model name: the report shows the "
+                                                               "change vs its champion."),
         no_track: bool = typer.Option(False, "--no-track", help="Do not log to MLflow."),
     ) -> None:
         """Generate captions/answers, score them, write per-sample results and a report, log to MLflow."""
@@ -38,7 +40,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from None
         updates = {"tasks": [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
                    "max_samples": max_samples, "num_beams": num_beams, "split": split or None,
-                   "vqa_annotations": annotations or None, "image_root": image_root or None}
+                   "vqa_annotations": annotations or None, "image_root": image_root or None,
+                   "compare_to": compare_to or None}
         try:
             ecfg = cfg.eval.model_validate({**cfg.eval.model_dump(), **{k: v for k, v in updates.items() if v}})
         except ValidationError as exc:

@@ -30,3 +30,8 @@ class EvalConfig(Section):
     image_root: str = Field("", description="COCO/VQAv2 json inputs: image folder (default: next to the json)")
     vqa_annotations: str = Field("", description="VQAv2: annotations json (default: found next to the questions)")
     report_examples: int = Field(8, ge=0, description="example images with generated text in the report")
+    baselines: bool = Field(True, description="report text-only baselines (majority answer, question lookup, "
+                                              "constant caption) from the train split of shard data")
+    baseline_max_samples: int | None = Field(5000, ge=1, description="train images read for the baselines at most")
+    compare_to: str = Field("", description="registered model name: the report shows the change vs its champion "
+                                            "(the pipeline sets the model it registers)")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vlm.eval.tokenize import default_tokenizer, java_available, tokenize
-from vlm.eval.vqa_normalize import normalize_answer, process_punctuation
+from vlm.eval.vqa_normalize import normalize_answer, strip_answer
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +118,21 @@ def caption_metrics(references: dict[str, list[str]], predictions: dict[str, str
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """Official VQAv2 accuracy of one predicted answer against the human answers (normally ten).
 
-    As in the official evaluation (``vqaEval.py``): the prediction gets the full normalisation
-    (punctuation, number words -> digits, articles dropped, contractions restored); the human answers get
-    the punctuation step only, and only when they are not all identical. The score is the mean over the
-    leave-one-out subsets of ``min(1, #matches among the other answers / 3)``.
+    As the newest official evaluation (``vqaEval.py`` after the 2021 fix, see :mod:`vlm.eval.vqa_normalize`):
+    all answers and the prediction are stripped; when the human answers are not all identical, they *and*
+    the prediction are normalised (punctuation, number words -> digits, articles dropped, contractions).
+    The score is the mean over the leave-one-out subsets of ``min(1, #matches among the others / 3)``.
     """
     if not answers:
         raise ValueError("vqa_accuracy needs at least one reference answer")
-    pred = normalize_answer(prediction)
-    gts = [a for a in answers]
+    gts = [strip_answer(str(a)) for a in answers]
+    pred = strip_answer(str(prediction))
     if len(set(gts)) > 1:
-        gts = [process_punctuation(a) for a in gts]
-    accs = []
-    for i in range(len(gts)):
-        matches = sum(1 for j, a in enumerate(gts) if j != i and a == pred)
-        accs.append(min(1.0, matches / 3.0))
+        gts = [normalize_answer(a) for a in gts]
+        pred = normalize_answer(pred)
+    matches = sum(a == pred for a in gts)
+    # leaving out answer i: the others match (matches - [answer i matches])
+    accs = [min(1.0, (matches - (a == pred)) / 3.0) for a in gts]
     return float(sum(accs) / len(accs))
 
 

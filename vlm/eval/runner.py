@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ def evaluate(model_uri: str, data_uri: str, cfg: EvalConfig | None = None, run_i
     from vlm.eval.data import load_eval_data
     from vlm.eval.report import write_report
     from vlm.eval.tasks import TASKS
+    from vlm.eval.tasks.vqa import by_question_type
 
     cfg = cfg or EvalConfig()
     unknown = [t for t in cfg.tasks if t not in TASKS]
@@ -86,6 +86,9 @@ def evaluate(model_uri: str, data_uri: str, cfg: EvalConfig | None = None, run_i
         "model_uri": model_uri, "data_uri": data_uri, "format": data.format, "n_samples": len(data.samples),
         "n": counts, "metrics": metrics, "rejected": dict(data.rejected), "skipped": skipped,
         "skipped_tasks": skipped_tasks, "tokenizer": _tokenizer_name(cfg), "config": cfg.model_dump(mode="json"),
+        "by_question_type": by_question_type(results["vqa"]) if "vqa" in results else {},
+        "baselines": _baselines(data_uri, data.format, cfg, results),
+        "champion": _champion(cfg.compare_to, tracking_uri) if cfg.compare_to and track else None,
         "seconds": round(time.time() - started, 2),
     }
     out_uri = output or cfg.output
@@ -104,6 +107,43 @@ def evaluate(model_uri: str, data_uri: str, cfg: EvalConfig | None = None, run_i
         (local / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         storage.upload_tree(local, out_uri)
     return summary
+
+
+def _baselines(data_uri: str, data_format: str, cfg: EvalConfig, results: dict[str, Any]) -> dict[str, Any]:
+    """Text-only baselines from the train split (shard data evaluated on another split), else ``{}``."""
+    from vlm.eval.baselines import caption_baseline, vqa_baselines
+    from vlm.eval.data import load_eval_data
+
+    wanted = cfg.baselines and data_format == "shards" and cfg.split != "train" and (
+        "vqa" in results or "caption" in results)
+    if not wanted:
+        return {}
+    try:
+        train = load_eval_data(data_uri, cfg.model_copy(update={"split": "train",
+                                                               "max_samples": cfg.baseline_max_samples})).samples
+    except ValueError as exc:  # no train split
+        log.info("no baselines: %s", exc)
+        return {}
+    out: dict[str, Any] = {"n_train_samples": len(train)}
+    if "vqa" in results and (vqa := vqa_baselines(train, results["vqa"])):
+        out["vqa"] = vqa
+    if "caption" in results and (cap := caption_baseline(train, results["caption"], tokenizer=_tokenizer_name(cfg),
+                                                         meteor=cfg.meteor)):
+        out["caption"] = cap
+    return out
+
+
+def _champion(name: str, tracking_uri: str | None) -> dict[str, Any] | None:
+    """The current champion of registered model ``name`` (version + metrics), None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    from vlm.registry.mlflow_registry import champion
+
+    try:
+        return champion(name, tracking_uri=tracking_uri)
+    except (MlflowException, OSError) as exc:
+        log.warning("cannot read the champion of %s: %s; the report shows no comparison", name, exc)
+        return None
 
 
 def _log_to_mlflow(local: Path, summary: dict[str, Any], run_id: str | None, experiment: str,

@@ -1,11 +1,20 @@
 """The MLflow pyfunc wrapper of a model artefact: ``predict`` captions images or answers questions.
 
-Input: a pandas DataFrame (or a dict of columns / one row, or a list of row dicts) with
+Input, in whichever shape a user tries (see :func:`rows`):
 
-- ``image``: encoded image bytes, a base64 string, or a local path / ``s3://`` URI of an image file;
-- ``question`` (optional): the question to answer; empty/missing means "describe the image".
+- a pandas DataFrame; a dict of columns (lists, or scalars for one row; a scalar next to lists applies to
+  every row); a list of row dicts; a list of images; one image;
+- column ``image``: encoded image bytes, a base64 string (or a ``data:image/...;base64,`` URI), a local
+  path, a ``file://`` or ``s3://`` URI of an image file, or a PIL image;
+- column ``question`` (optional): the question to answer; missing/empty/None means "describe the image".
 
-Params (optional): ``num_beams``, ``max_new_tokens``. Output: one string per row.
+Params (optional): ``num_beams``, ``max_new_tokens``. Output: one string per row, in input order.
+Bad input fails before any generation, naming the row (``row 2: image 'x.jpg': no such file``) or the
+unknown column.
+
+The signature declares no input schema on purpose: with one, MLflow converts the input itself first
+(``{'image': ['a.jpg']}`` became one row holding a list) and silently drops unknown columns (a misspelt
+``questoin`` would caption instead of answer). The input contract is in the model's metadata instead.
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ import base64
 import binascii
 import io
 import logging
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import mlflow.pyfunc
@@ -23,15 +33,25 @@ log = logging.getLogger(__name__)
 
 ARTIFACT_KEY = "model"
 DEFAULT_CAPTION_INSTRUCTION = "Describe this image briefly."
+COLUMNS = ("image", "question")
+INPUT_CONTRACT = ("rows with 'image' (bytes, base64 string, local path, file:// or s3:// URI) and optional "
+                  "'question' (answered; without one the image is described) as a DataFrame, a dict of "
+                  "columns, a list of row dicts or a list of images")
+BATCH = 16
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class InputError(ValueError):
+    """The input cannot be read as rows of images (+ questions); the message names the row or column."""
 
 
 def signature():
-    """Input/output/params schema of the pyfunc."""
+    """Output and params schema of the pyfunc (no input schema: see the module docstring)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("binary", "image"), ColSpec("string", "question", required=False)]),
+        inputs=None,
         outputs=Schema([ColSpec("string")]),
         params=ParamSchema([ParamSpec("num_beams", "long", 0), ParamSpec("max_new_tokens", "long", 0)]),
     )
@@ -47,47 +67,110 @@ def input_example():
     return pd.DataFrame({"image": [buf.getvalue()], "question": ["What colour is the image?"]})
 
 
-def _image(value: Any):
+# --------------------------------------------------------------------------------------- images
+def _describe(value: str) -> str:
+    return repr(value if len(value) <= 80 else value[:77] + "...")
+
+
+def _image_bytes(value: str) -> bytes:
+    """The bytes a string names: a local path, a file:// or s3:// URI, or base64 data."""
+    from vlm import storage
+
+    text = value.strip()
+    if text.startswith("data:") and ";base64," in text[:64]:
+        text = text.split(";base64,", 1)[1]
+    elif text.startswith(("http://", "https://")):
+        raise InputError(f"image {_describe(text)}: URLs are not fetched (no network at run time); pass the "
+                         "downloaded file's path or its bytes")
+    elif text.startswith(("s3://", "file://")) or os.path.exists(text):
+        try:
+            return storage.read_bytes(text[len("file://"):] if text.startswith("file://") else text)
+        except FileNotFoundError:
+            raise InputError(f"image {_describe(text)}: no such file") from None
+    looks_like_path = len(text) < 16 or text.lower().endswith(_IMAGE_SUFFIXES) or "\\" in text
+    if not looks_like_path:
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    where = f" (relative to {os.getcwd()})" if not os.path.isabs(text) else ""
+    raise InputError(f"image {_describe(text)}: no such file{where}, and not base64 image data")
+
+
+def load_image(value: Any):
     """bytes / base64 str / path or URI / PIL image -> RGB PIL image, with a clear error."""
     from PIL import Image
 
     if isinstance(value, Image.Image):
         return value.convert("RGB")
-    data: bytes | None = None
     if isinstance(value, (bytes, bytearray, memoryview)):
-        data = bytes(value)
+        data, what = bytes(value), f"{len(value)} bytes"
     elif isinstance(value, str):
-        from vlm import storage
-
-        text = value.strip()
-        if text.startswith("s3://") or text.startswith("file://") or storage.exists(text):
-            data = storage.read_bytes(text)
-        else:
-            try:
-                data = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError(f"image {text[:80]!r} is neither an existing path/URI nor base64 data") from None
+        data, what = _image_bytes(value), _describe(value.strip())
     else:
-        raise TypeError(f"image must be bytes, a base64 string or a path, got {type(value).__name__}")
+        raise InputError(f"image must be bytes, a base64 string, a path or an s3:// URI, got "
+                         f"{type(value).__name__}")
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.convert("RGB")
-    except OSError as exc:
-        raise ValueError(f"cannot decode image ({len(data)} bytes): {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"image {what} is not a readable image: {exc}") from None
 
 
-def _rows(model_input: Any) -> list[dict[str, Any]]:
+# --------------------------------------------------------------------------------------- rows
+def _is_column(value: Any) -> bool:
+    """A column of values (list, tuple, numpy array, pandas Series), not one value."""
+    import numpy as np
+    import pandas as pd
+
+    return isinstance(value, (list, tuple, pd.Series)) or (isinstance(value, np.ndarray) and value.ndim == 1)
+
+
+def _check_columns(names) -> None:
+    unknown = [str(n) for n in names if n not in COLUMNS]
+    if unknown:
+        raise InputError(f"unknown input column(s) {unknown}; the model reads {INPUT_CONTRACT}")
+
+
+def _from_columns(columns: Mapping[str, Any]) -> list[dict[str, Any]]:
+    _check_columns(columns)
+    lengths = {k: len(v) for k, v in columns.items() if _is_column(v)}
+    if not lengths:
+        return [dict(columns)]
+    if len(set(lengths.values())) > 1:
+        raise InputError(f"columns have different lengths {lengths}; give one value per row (or a single "
+                         "value for every row)")
+    values = {k: (list(v) if k in lengths else v) for k, v in columns.items()}
+    return [{k: (v[i] if k in lengths else v) for k, v in values.items()} for i in range(next(iter(lengths.values())))]
+
+
+def rows(model_input: Any) -> list[dict[str, Any]]:
+    """The input as ``[{"image": ..., "question": ...}, ...]``, whatever shape it came in (see the module
+    docstring); raises :class:`InputError` for unknown columns or ragged columns."""
+    import numpy as np
     import pandas as pd
 
     if isinstance(model_input, pd.DataFrame):
-        return model_input.to_dict(orient="records")
+        return _from_columns({str(c): model_input[c].tolist() for c in model_input.columns})
+    if isinstance(model_input, pd.Series):
+        model_input = model_input.tolist()
+    if isinstance(model_input, np.ndarray):
+        model_input = model_input.tolist()
     if isinstance(model_input, Mapping):
-        if all(isinstance(v, (list, tuple)) for v in model_input.values()):
-            return pd.DataFrame(dict(model_input)).to_dict(orient="records")
-        return [dict(model_input)]
-    if isinstance(model_input, Sequence) and not isinstance(model_input, (str, bytes)):
-        return [dict(r) if isinstance(r, Mapping) else {"image": r} for r in model_input]
-    raise TypeError(f"unsupported input type {type(model_input).__name__}; pass a DataFrame with an 'image' column")
+        return _from_columns(model_input)
+    if isinstance(model_input, (list, tuple)):
+        out = []
+        for i, item in enumerate(model_input):
+            if isinstance(item, Mapping):
+                try:
+                    _check_columns(item)
+                except InputError as exc:
+                    raise InputError(f"row {i}: {exc}") from None
+                out.append(dict(item))
+            else:
+                out.append({"image": item})
+        return out
+    return [{"image": model_input}]  # one image
 
 
 def _question(row: Mapping[str, Any]) -> str | None:
@@ -96,6 +179,20 @@ def _question(row: Mapping[str, Any]) -> str | None:
         return None
     q = str(q).strip()
     return q or None
+
+
+def prepare(model_input: Any, caption_instruction: str = DEFAULT_CAPTION_INSTRUCTION) -> tuple[list, list[str]]:
+    """Decoded images and instructions (the question, else ``caption_instruction``), one per row."""
+    images, instructions = [], []
+    for i, row in enumerate(rows(model_input)):
+        if row.get("image") is None:
+            raise InputError(f"row {i}: no 'image'; the model reads {INPUT_CONTRACT}")
+        try:
+            images.append(load_image(row["image"]))
+        except InputError as exc:
+            raise InputError(f"row {i}: {exc}") from None
+        instructions.append(_question(row) or caption_instruction)
+    return images, instructions
 
 
 class VLMPyfunc(mlflow.pyfunc.PythonModel):
@@ -112,16 +209,13 @@ class VLMPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         params = dict(params or {})
-        rows = _rows(model_input)
-        if not rows:
-            return []
-        missing = [i for i, r in enumerate(rows) if r.get("image") is None]
-        if missing:
-            raise ValueError(f"rows {missing[:5]} have no 'image'")
-        images = [_image(r["image"]) for r in rows]
-        instructions = [_question(r) or self.caption_instruction for r in rows]
+        images, instructions = prepare(model_input, self.caption_instruction)
         kwargs = {k: int(params[k]) for k in ("num_beams", "max_new_tokens") if params.get(k)}
         import torch
 
+        out: list[str] = []
         with torch.inference_mode():
-            return list(self.model.generate(images, instructions=instructions, **kwargs))
+            for start in range(0, len(images), BATCH):
+                out.extend(self.model.generate(images[start:start + BATCH],
+                                               instructions=instructions[start:start + BATCH], **kwargs))
+        return out

@@ -171,17 +171,19 @@ def register_model(model_uri: str, name: str, metrics: Mapping[str, float] | Non
                if active is None or active.info.run_id != run_id else _nullcontext())
         with ctx:
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")), artifacts={pyfunc.ARTIFACT_KEY: str(local)},
-                pip_requirements=pip_requirements(extra_pip_requirements), signature=pyfunc.signature(),
-                input_example=pyfunc.input_example(), metadata={"vlm_model_uri": model_uri})
+                name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                artifacts={pyfunc.ARTIFACT_KEY: str(local)}, pip_requirements=pip_requirements(extra_pip_requirements),
+                signature=pyfunc.signature(), input_example=pyfunc.input_example(),
+                metadata={"vlm_model_uri": model_uri, "vlm_input": pyfunc.INPUT_CONTRACT})
     version_tags = {**{f"{METRIC_TAG}{k}": repr(v) for k, v in clean.items()},
                     **{str(k): _truncate(str(v)) for k, v in (tags or {}).items()}, "vlm.source_run_id": run_id}
     mv = mlflow.register_model(info.model_uri, name, tags=version_tags)
     version = str(mv.version)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    if clean:
-        client.update_model_version(name, version, description="metrics: " + ", ".join(
-            f"{k}={v:.4g}" for k, v in sorted(clean.items())))
+    usage = (f"Use: mlflow.pyfunc.load_model('models:/{name}/{version}').predict({{'image': ['photo.jpg'], "
+             f"'question': ['What colour is the shape?']}}); input: {pyfunc.INPUT_CONTRACT}.")
+    metrics_line = ("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(clean.items())) + "\n\n") if clean else ""
+    client.update_model_version(name, version, description=metrics_line + usage)
     client.set_tag(run_id, "vlm.registered_model", f"{name}/{version}")
     log.info("registered %s version %s (alias %s) from %s", name, version, CHALLENGER, model_uri)
     return version
@@ -317,6 +319,17 @@ def promote(name: str, version: str | int, gate: GateConfig | None = None, force
     _set_champion(client, name, version, champion, decision)
     _record(client, name, version, decision)
     return decision
+
+
+def champion(name: str, *, tracking_uri: str | None = None) -> dict[str, Any] | None:
+    """``{name, version, metrics}`` of the version holding alias ``champion``, or None (no such model or alias)."""
+    from mlflow import MlflowClient
+
+    tracking.configure(tracking_uri)
+    found = _alias_version(MlflowClient(), name, CHAMPION)
+    if found is None:
+        return None
+    return {"name": name, "version": str(found.version), "metrics": metrics_from_tags(found.tags)}
 
 
 def list_versions(name: str, *, tracking_uri: str | None = None) -> list[dict[str, Any]]:
