@@ -53,13 +53,13 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _classify(exc: Exception) -> tuple[str, str]:
-    """(reason, detail) for a requests/urllib3 exception."""
+    """(reason, detail) for a requests/urllib3/socket exception."""
     import requests
     from urllib3.exceptions import ReadTimeoutError
 
     text = f"{type(exc).__name__}: {exc}"[:300]
-    if isinstance(exc, requests.Timeout) or isinstance(getattr(exc, "args", [None])[0], ReadTimeoutError) \
-            or "timed out" in str(exc).lower():
+    timed_out = isinstance(exc, (requests.Timeout, ReadTimeoutError, TimeoutError))
+    if timed_out or isinstance(getattr(exc, "args", [None])[0], ReadTimeoutError) or "timed out" in str(exc).lower():
         return "timeout", text
     return "download_failed", text
 
@@ -67,6 +67,7 @@ def _classify(exc: Exception) -> tuple[str, str]:
 def _get_once(url: str, cfg: DownloadConfig) -> bytes:
     """One attempt. Raises Rejected; ``Rejected.retry_after`` marks it retryable."""
     import requests
+    from urllib3.exceptions import HTTPError as Urllib3Error
 
     start = time.monotonic()
     try:
@@ -85,19 +86,25 @@ def _get_once(url: str, cfg: DownloadConfig) -> bytes:
             raise Rejected("too_large", f"Content-Length {declared} > download.max_bytes {cfg.max_bytes}")
         chunks, size = [], 0
         try:
-            for chunk in resp.iter_content(65536):
+            while True:
+                # read1 returns whatever has arrived (waiting at most read_timeout), so the deadline below
+                # also stops a server that trickles bytes, which a fixed-size read would wait out
+                chunk = resp.raw.read1(65536, decode_content=True)
+                if not chunk:
+                    break
                 size += len(chunk)
                 if size > cfg.max_bytes:
                     raise Rejected("too_large", f"more than download.max_bytes {cfg.max_bytes} bytes")
                 if time.monotonic() - start > cfg.total_timeout:
                     raise _retryable("timeout", f"download took longer than download.total_timeout {cfg.total_timeout}s")
                 chunks.append(chunk)
-        except requests.RequestException as exc:
+        except (requests.RequestException, Urllib3Error, OSError) as exc:
             raise _retryable(*_classify(exc)) from None
-    data = b"".join(chunks)
-    if not data:
+    if declared and declared.isdigit() and size < int(declared):
+        raise _retryable("download_failed", f"truncated body: {size} of {declared} bytes")
+    if not size:
         raise _retryable("download_failed", "empty response body")
-    return data
+    return b"".join(chunks)
 
 
 def _retryable(reason: str, detail: str) -> Rejected:
