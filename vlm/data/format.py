@@ -186,15 +186,20 @@ class Manifest(BaseModel):
         return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False)
 
 
+def _read_json(uri: str, missing: str) -> Any:
+    """A JSON file; ``FileNotFoundError(missing)`` when absent, :class:`FormatError` when not JSON."""
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except FileNotFoundError:
+        raise FileNotFoundError(missing) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{uri} is not valid JSON: {exc}") from None
+
+
 def read_manifest(uri: str) -> Manifest:
     """The manifest of a dataset (``uri`` = dataset folder/prefix or its manifest.json)."""
     path = storage.join(dataset_root(uri), MANIFEST)
-    try:
-        data = json.loads(storage.read_bytes(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no manifest at {path}: not a sharded dataset (run `vlm shard` first)") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{path} is not valid JSON: {exc}") from None
+    data = _read_json(path, f"no manifest at {path}: not a sharded dataset (run `vlm shard` first)")
     if not isinstance(data, dict) or not isinstance(data.get("shards", []), list):
         raise FormatError(f"{path}: not a dataset manifest (needs 'shards': [{{name, num_samples, sha256}}])")
     if "num_samples" not in data:
@@ -806,12 +811,7 @@ def label_members(expert: str, png: bytes, meta: dict[str, Any] | None = None) -
 def read_labels_index(labels_uri: str) -> dict[str, Any]:
     """``labels.json`` of a labels URI: ``{"format", "data": {...}, "experts": {name: {...}}}``."""
     uri = storage.join(labels_uri, LABELS_INDEX)
-    try:
-        index = json.loads(storage.read_bytes(uri))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{labels_uri}: no {LABELS_INDEX} (compute the labels with `vlm experts` first)") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{uri} is not valid JSON: {exc}") from None
+    index = _read_json(uri, f"{labels_uri}: no {LABELS_INDEX} (compute the labels with `vlm experts` first)")
     if not isinstance(index, dict) or not isinstance(index.get("experts"), dict):
         raise FormatError(f"{uri} has no 'experts' mapping; it is not a labels index")
     return index
