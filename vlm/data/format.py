@@ -450,7 +450,7 @@ class ShardWriter:
         self._cm = storage.open_write(self.uri)
         self._digest = _Digest(self._cm.__enter__())
         self._tar = webdataset().TarWriter(self._digest, encoder=False, mtime=0, user="", group="", mode=0o644,
-                                           format="PAX_FORMAT")
+                                           format="GNU_FORMAT")
         self._open = True
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
