@@ -110,6 +110,8 @@ def _init_worker(source: Source | None, cfg: ShardConfig) -> None:
     clear = getattr(storage, "_client_for", None)  # never share a forked parent's S3 connections
     if clear is not None:
         clear.cache_clear()
+    if "threads" in _STATE:
+        _STATE["threads"].shutdown(wait=False)
     _STATE.clear()
     _STATE.update(source=source, cfg=cfg, spec=_spec(cfg))
 
@@ -302,13 +304,16 @@ def _chunks(plan: dict[str, Any], index: int) -> list[tuple[int, int]]:
     return [(s, min(s + step, stop)) for s in range(start, stop, step)]
 
 
+def _index_lines(output: str, start: int) -> list[bytes]:
+    """A chunk index, read whole (a few hundred bytes per record): header line, then one line per record."""
+    return storage.read_bytes(_chunk_uri(output, start, "index.jsonl")).splitlines()
+
+
 def _chunk_done(output: str, start: int, stop: int, fingerprint: str) -> dict[str, Any] | None:
     """The header of a finished chunk's index (its parts intact), else None."""
-    uri = _chunk_uri(output, start, "index.jsonl")
     try:
-        with storage.open_read(uri) as fh:
-            head = json.loads(fh.readline())
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        head = json.loads(_index_lines(output, start)[0])
+    except (FileNotFoundError, IndexError, ValueError, UnicodeDecodeError):
         return None
     if head.get("fingerprint") != fingerprint or (head.get("start"), head.get("stop")) != (start, stop):
         return None
@@ -447,11 +452,9 @@ def _merge_extra(kept: dict[str, Any], new: dict[str, Any]) -> None:
 
 
 def _index_records(output: str, start: int) -> Iterator[dict[str, Any]]:
-    with storage.open_read(_chunk_uri(output, start, "index.jsonl")) as fh:
-        fh.readline()  # the header
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
+    for line in _index_lines(output, start)[1:]:  # after the header
+        if line.strip():
+            yield json.loads(line)
 
 
 def _write_final(task: dict[str, Any]) -> dict[str, Any]:
