@@ -46,25 +46,18 @@ def make_images(n: int) -> list[np.ndarray]:
 
 
 def write_shard(images: list[np.ndarray], root: Path) -> None:
-    import hashlib
-    import tarfile
-
     from PIL import Image
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    from vlm.data import format as fmt
+
+    def samples():
         for i, img in enumerate(images):
             jpg = io.BytesIO()
             Image.fromarray(img).save(jpg, "JPEG", quality=90)
-            key = f"{i:08x}"
-            for name, payload in ((f"{key}.jpg", jpg.getvalue()), (f"{key}.json", b'{"caption": "x"}')):
-                info = tarfile.TarInfo(name)
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "train-000000.tar").write_bytes(buf.getvalue())
-    (root / "manifest.json").write_text(json.dumps({"name": "bench", "shards": [
-        {"name": "train-000000.tar", "num_samples": len(images), "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}]}))
+            yield f"{i:08x}", {"jpg": jpg.getvalue(), "json": b'{"caption": "x"}'}
+
+    shard = fmt.write_shard(str(root / "train-000000.tar"), samples(), "train")
+    fmt.write_manifest(str(root), fmt.Manifest.build([shard], name="bench"))
 
 
 def model_checkpoints(root: Path) -> dict[str, str]:
@@ -104,7 +97,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     from vlm.experts import Batch, ExpertsConfig, build
     from vlm.experts.runner import run_experts
-    from vlm.experts.shards import decode_image, iter_tar
+    from vlm.data import format as fmt
+    from vlm.experts.shards import decode_image
 
     tmp = Path(tempfile.mkdtemp(prefix="experts-bench-"))
     images = make_images(args.images)
@@ -112,7 +106,7 @@ def main() -> None:
     shard = str(tmp / "data" / "train-000000.tar")
 
     t0 = time.perf_counter()
-    decoded = [decode_image(g, 224) for _, g in iter_tar(shard)]
+    decoded = [decode_image(sample, 224) for sample in fmt.iter_shard(shard)]
     decode_s = time.perf_counter() - t0
     results = {"machine": {"cpus": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS")},
                "images": len(decoded), "decode_img_per_s": len(decoded) / decode_s, "experts": {}}

@@ -4,10 +4,14 @@
 
 Builds a JSONL dataset of unique JPEG photos (random crops of the photos bundled with scikit-image /
 scikit-learn / matplotlib, resized to --size), then measures images/s for:
-  baseline   one process: Pillow decode -> RGB -> resize (long side = --max-side) -> JPEG -> tarfile
-  shard x1   vlm.data.shard.shard_dataset with workers=1 (validation, hashing, dedup, manifest included)
-  shard x2   the same with workers=2
-and prints the ratios (per worker vs baseline, and x2 vs x1).
+  baseline   one process: Pillow full decode -> RGB -> resize (long side = --max-side) -> JPEG -> one shard
+             (vlm.data.format.write_shard); no validation, hashing or de-duplication
+  shard x1   vlm.data.shard.shard_dataset with workers=1 (plan, partition, merge, manifest included)
+  shard x2   the same with workers=2 (one partition, two worker processes)
+  2 parts    partitions=2, workers=1: two partition processes at once, then the merge (the pipeline's fan-out)
+and prints the ratios, the per-worker rate (images per CPU-second: what one worker does, whatever else
+runs on the machine), the merge step's rate on --merge-records records, and from those, on paper, the wall time of
+--estimate-pairs pairs at --estimate-partitions partitions (one worker each) plus the merge.
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ import io
 import json
 import os
 import resource
-import tarfile
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def make_dataset(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> Path:
@@ -47,10 +53,13 @@ def make_dataset(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> Pa
 
 
 def baseline(table: Path, out: Path, max_side: int, quality: int) -> float:
-    """Naive: full decode, resize, encode, tarfile write; one process."""
+    """Naive: full decode, resize, encode, one shard through the format's writer; one process."""
+    from vlm.data import format as fmt
+
     rows = [json.loads(line) for line in table.read_text().splitlines()]
     t0 = time.perf_counter()
-    with tarfile.open(out, "w") as tf:
+
+    def samples():
         for i, row in enumerate(rows):
             im = Image.open(table.parent / row["image"]).convert("RGB")
             scale = max_side / max(im.size)
@@ -58,22 +67,35 @@ def baseline(table: Path, out: Path, max_side: int, quality: int) -> float:
                 im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC)
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=quality)
-            for name, data in ((f"{i:06d}.jpg", buf.getvalue()), (f"{i:06d}.txt", row["caption"].encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
+            yield f"{i:06d}", {"jpg": buf.getvalue(), "txt": row["caption"].encode()}
+
+    fmt.write_shard(str(out / "train-000000.tar"), samples())
     return len(rows) / (time.perf_counter() - t0)
 
 
-def sharded(table: Path, out: Path, workers: int, max_side: int, quality: int, per_shard: int) -> float:
+def merge_rate(out: Path, records: int) -> float:
+    """Images/s of the merge step alone (index, de-duplication, copying out of the part shards) on a set big
+    enough that its fixed costs do not dominate: ``records`` builtin:shapes scenes of 224 px."""
     from vlm.data.config import ShardConfig
     from vlm.data.shard import shard_dataset
 
-    cfg = ShardConfig(workers=workers, max_side=max_side, jpeg_quality=quality, samples_per_shard=per_shard)
+    m = shard_dataset("builtin:shapes", str(out), ShardConfig(builtin_size=records, builtin_image_size=224,
+                                                              samples_per_shard=1000))
+    return m["num_samples"] / m["merge_s"]
+
+
+def sharded(table: Path, out: Path, workers: int, max_side: int, quality: int, per_shard: int,
+            partitions: int = 1) -> float:
+    from vlm.data.config import ShardConfig
+    from vlm.data.shard import shard_dataset
+
+    cfg = ShardConfig(workers=workers, max_side=max_side, jpeg_quality=quality, samples_per_shard=per_shard,
+                      partitions=partitions, min_partition_records=1)
     t0 = time.perf_counter()
     m = shard_dataset(str(table), str(out), cfg)
     elapsed = time.perf_counter() - t0
     assert m["num_samples"] == m["num_input_records"], m["rejected"]
+    assert m["partitions"] == partitions, m["partitions"]
     return m["num_input_records"] / elapsed
 
 
@@ -90,6 +112,9 @@ def main() -> None:
     ap.add_argument("--quality", type=int, default=90)
     ap.add_argument("--per-shard", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2, help="best of N runs per variant")
+    ap.add_argument("--estimate-pairs", type=int, default=5_000_000)
+    ap.add_argument("--estimate-partitions", type=int, default=32)
+    ap.add_argument("--merge-records", type=int, default=5000, help="records of the merge-only measurement")
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="vlm-bench-") as tmp:
@@ -101,10 +126,14 @@ def main() -> None:
               f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
         results: dict[str, float] = {}
         per_cpu: dict[str, float] = {}
+        variants = (
+            ("baseline", lambda o: baseline(table, o, args.max_side, args.quality)),
+            ("shard x1", lambda o: sharded(table, o, 1, args.max_side, args.quality, args.per_shard)),
+            ("shard x2", lambda o: sharded(table, o, 2, args.max_side, args.quality, args.per_shard)),
+            ("2 parts", lambda o: sharded(table, o, 1, args.max_side, args.quality, args.per_shard, partitions=2)),
+        )
         for rep in range(args.repeats):
-            for name, fn in (("baseline", lambda o: baseline(table, o / "b.tar", args.max_side, args.quality)),
-                             ("shard x1", lambda o: sharded(table, o, 1, args.max_side, args.quality, args.per_shard)),
-                             ("shard x2", lambda o: sharded(table, o, 2, args.max_side, args.quality, args.per_shard))):
+            for name, fn in variants:
                 out = root / f"{name.replace(' ', '')}-{rep}"
                 out.mkdir()
                 c0 = _cpu()
@@ -117,10 +146,18 @@ def main() -> None:
         if load > 1.5:
             print(f"note: load average {load:.1f} - other processes share the CPUs; wall-clock scaling is "
                   "understated, images per CPU-second is the per-worker figure")
-        b, s1, s2 = results["baseline"], results["shard x1"], results["shard x2"]
-        print(f"shard x1 / baseline          = {s1 / b:.2f}")
+        b, s1, s2, p2 = results["baseline"], results["shard x1"], results["shard x2"], results["2 parts"]
+        print(f"shard x1 / baseline              = {s1 / b:.2f}")
         print(f"shard x2 / baseline (per worker) = {s2 / 2 / b:.2f}")
         print(f"shard x2 / shard x1 (scaling)    = {s2 / s1:.2f}")
+        print(f"2 parts  / shard x1 (scaling)    = {p2 / s1:.2f}")
+        worker, merge = per_cpu["shard x1"], merge_rate(root / "merge", args.merge_records)
+        n, parts = args.estimate_pairs, args.estimate_partitions
+        t_part, t_merge = n / parts / worker, n / merge
+        print(f"merge alone ({args.merge_records} records, 1 process): {merge:.0f} images/s")
+        print(f"on paper: {n:,} pairs at {parts} partitions x 1 worker = {n / parts:,.0f} pairs per partition / "
+              f"{worker:.1f} img/s = {t_part / 60:.0f} min, + merge {n:,} / {merge:.0f} img/s = {t_merge / 60:.0f} min "
+              f"-> {(t_part + t_merge) / 60:.0f} min wall (local disk; inputs already local, no downloads)")
 
 
 if __name__ == "__main__":

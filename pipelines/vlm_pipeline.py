@@ -1,7 +1,8 @@
 """The vlm-platform pipeline (kfp v2)::
 
-    prepare -> shard -> expert-groups -> ParallelFor(experts) -> experts-index -> pretrain
-            -> curate -> finetune -> evaluate -> register -> [If gate passed] promote
+    prepare -> shard-partitions -> ParallelFor(shard-partition) -> shard (merge) -> expert-groups
+            -> ParallelFor(experts) -> experts-index -> pretrain -> curate -> finetune -> evaluate -> register
+            -> [If gate passed] promote
 
 all inside an ExitHandler whose exit task closes the MLflow parent run (FAILED, with the error, when a step
 failed). The same definition runs locally through ``kfp.local`` (``vlm run``) and on Kubeflow (``vlm compile``
@@ -16,7 +17,7 @@ from components.evaluate import evaluate
 from components.experts import expert_groups, experts, experts_index
 from components.prepare import prepare
 from components.register import finish, promote, register
-from components.shard import shard
+from components.shard import shard, shard_partition, shard_partitions
 from components.train import finetune, pretrain
 
 PIPELINE_NAME = "vlm-platform"
@@ -36,8 +37,13 @@ def build_pipeline(cluster: "dict | None" = None):
             labels_uri = prep.outputs["labels_uri"]
 
             # deterministic steps (content-addressed outputs): kfp may reuse earlier results
-            data = _step(shard(config_uri=cfg, data_uri=prep.outputs["data_uri"], parent_run_id=parent), cluster,
-                         cache=True)
+            # sharding fan-out: data.partitions partitions in parallel, then one merge writes the manifest
+            plan = _step(shard_partitions(config_uri=cfg, data_uri=prep.outputs["data_uri"]), cluster, cache=True)
+            with dsl.ParallelFor(plan.output, name="shard-partitions-loop") as part:
+                staged = _step(shard_partition(config_uri=part.config_uri, data_uri=part.data_uri,
+                                               partition=part.partition), cluster, cache=True)
+            data = _step(shard(config_uri=cfg, data_uri=prep.outputs["data_uri"], parent_run_id=parent,
+                               partitions=dsl.Collected(staged.output)), cluster, cache=True)
             dataset = data.outputs["dataset"]
             groups = _step(expert_groups(config_uri=cfg, dataset=dataset, labels_uri=labels_uri, parent_run_id=parent),
                            cluster, cache=True)

@@ -61,7 +61,8 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def run_layout(cfg: PipelineConfig, run_tag: str) -> dict[str, str]:
     """Every URI of one pipeline run (explicit ``output`` fields in the config win)."""
-    data_key = _hash(cfg.data.model_dump(exclude={"output", "workers"}))
+    data_key = _hash(cfg.data.model_dump(exclude={"output": True, "workers": True, "partitions": True,
+                                                  "min_partition_records": True, "download": {"threads"}}))
     labels_key = _hash({"data": data_key, "experts": cfg.experts.model_dump(exclude={"output", "workers", "shard_groups",
                                                                                       "batch_size", "device"})})
     run_root = storage.join(cfg.root, "runs", run_tag)
@@ -125,13 +126,30 @@ def _stage(config_uri: str, stage: str, parent_run_id: str):
 
 
 # ------------------------------------------------------------------------------------------ stages
+def shard_partitions(config_uri: str, data_uri: str) -> list[int]:
+    """Plan the sharding fan-out: the partition indices to run (``[]`` when the dataset is complete)."""
+    from vlm.data.shard import plan_partitions
+
+    cfg = load_config(config_uri)
+    return list(range(len(plan_partitions(cfg.data.input, data_uri, cfg.data)["partitions"])))
+
+
+def shard_partition(config_uri: str, data_uri: str, partition: int) -> dict[str, Any]:
+    """Shard one partition of the plan (resumable per chunk)."""
+    from vlm.data.shard import shard_partition as run_partition
+
+    cfg = load_config(config_uri)
+    return run_partition(cfg.data.input, data_uri, cfg.data, int(partition))
+
+
 def shard(config_uri: str, data_uri: str, parent_run_id: str = "") -> dict[str, Any]:
-    from vlm.data.shard import shard_dataset
+    """Merge the partitions into the dataset (global de-duplication, final shards, manifest.json)."""
+    from vlm.data.shard import merge_partitions
 
     cfg, run_ctx = _stage(config_uri, "shard", parent_run_id)
     with run_ctx as run:
-        manifest = shard_dataset(cfg.data.input, data_uri, cfg.data)
-        run.log_params({"input": cfg.data.input, "output": data_uri})
+        manifest = merge_partitions(cfg.data.input, data_uri, cfg.data)
+        run.log_params({"input": cfg.data.input, "output": data_uri, "partitions": manifest.get("partitions", 1)})
         run.log_metrics({"num_samples": manifest["num_samples"],
                          **{f"rejected.{k}": v for k, v in manifest.get("rejected", {}).items()}})
         run.log_dict(manifest, "manifest.json")
@@ -214,8 +232,10 @@ def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from
 
 
 def _num_samples(data_uri: str) -> int:
+    from vlm.data.format import read_manifest
+
     try:
-        return int(json.loads(storage.read_text(storage.join(data_uri, "manifest.json"))).get("num_samples", 0))
+        return read_manifest(data_uri).num_samples
     except FileNotFoundError:
         return 0
 

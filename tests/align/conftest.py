@@ -1,11 +1,10 @@
-"""Fixtures: a tiny trained stage-one model artefact and tiny data shards in the DESIGN.md format."""
+"""Fixtures: a tiny trained stage-one model artefact and tiny data shards (docs/formats.md, vlm.data.format)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -33,18 +32,12 @@ def write_shards(folder: Path, per_colour: int = 2, split: str = "train", per_sh
                     "qa": [{"question": "what colour is it?", "answers": [colour]}]}
             samples.append((key, data, meta))
     samples.sort()
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for index in range(0, len(samples), per_shard):
-        name = f"{split}-{index // per_shard:06d}.tar"
-        with tarfile.open(folder / name, "w") as tar:
-            for key, data, meta in samples[index : index + per_shard]:
-                for member, payload in ((f"{key}.png", data), (f"{key}.json", json.dumps(meta).encode())):
-                    info = tarfile.TarInfo(member)
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-        names.append(name)
-    return names
+    from vlm.data import format as fmt
+
+    shards = fmt.write_split(str(folder), split, ((key, {"png": data, "json": json.dumps(meta).encode()})
+                                                  for key, data, meta in samples), per_shard)
+    fmt.write_manifest(str(folder), fmt.Manifest.build(shards, name="align-test"))
+    return [s.name for s in shards]
 
 
 @pytest.fixture

@@ -78,12 +78,9 @@ def test_curated_samples_keep_their_qa_for_replay(stage_one, shards, tmp_path):
     generate_and_curate(stage_one, shards, str(curated), AlignConfig(num_images=6, min_answer_tokens=30, min_words=3))
     listing = {r["key"]: r for r in json.loads((curated / "curated.json").read_text()) if r["kept"]}
     assert listing
-    import tarfile
+    from vlm.data import format as fmt
 
-    metas = []
-    for shard in sorted(curated.glob("train-*.tar")):
-        with tarfile.open(shard) as tar:
-            metas += [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+    metas = [s["meta"] for s in fmt.iter_samples(str(curated), "train", rank=0, world_size=1, worker=0, num_workers=1)]
     assert len(metas) == len(listing)
     for meta in metas:
         assert meta["caption"] in {r["final"] for r in listing.values()}

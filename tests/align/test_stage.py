@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from vlm import storage
 from vlm.align import generate_and_curate
 from vlm.align.config import AlignConfig
 from vlm.align.samples import read_samples, select_keys
+from vlm.data import format as fmt
 
 EXPECTED = {  # colour -> final text after cleaning (see tests/align/tinylm.py for the raw generations)
     "red": "A red square. It has sharp corners.",
@@ -59,16 +59,15 @@ def test_curate_end_to_end(stage_one, shards, tmp_path):
     assert summary["cut_off_raw"] == pytest.approx(2 / 6, abs=1e-3) and summary["cut_off_final"] == 0.0
     assert json.loads(Path(out, "summary.json").read_text())["kept"] == 4
 
-    manifest = json.loads(Path(out, "manifest.json").read_text())
-    assert manifest["totals"]["samples"] == 4 and manifest["rejected"] == {"too_short": 2}
-    assert manifest["num_samples"] == 4 == sum(s["num_samples"] for s in manifest["shards"])
-    (shard,) = manifest["shards"]
-    path = Path(out, shard["name"])
-    assert shard["name"] == "train-000000.tar" and shard["sha256"] == storage.sha256_file(path)
-    with tarfile.open(path) as tar:
-        names = tar.getnames()
-        metas = {n.split(".")[0]: json.loads(tar.extractfile(n).read()) for n in names if n.endswith(".json")}
-    assert len(names) == 8 and sum(n.endswith(".png") for n in names) == 4
+    manifest = fmt.read_manifest(out)
+    assert manifest.kind == "curated" and manifest.rejected == {"too_short": 2}
+    assert manifest.num_samples == 4 == sum(s.num_samples for s in manifest.shards) and manifest.num_input_records == 6
+    (shard,) = manifest.shards
+    path = Path(out, shard.name)
+    assert shard.name == "train-000000.tar" and shard.sha256 == storage.sha256_file(path)
+    samples = list(fmt.iter_shard(fmt.find_shards(out, "train")[0], verify=True))
+    metas = {s["__key__"]: fmt.sample_meta(s) for s in samples}
+    assert len(samples) == 4 and all(set(s) == {"__key__", "__shard__", "png", "json"} for s in samples)
     for key, meta in metas.items():
         assert meta["caption"] == EXPECTED[by_key[key]] and meta["captions"] == [meta["caption"]]
         assert meta["width"] == meta["height"] and meta["source"] == "test"

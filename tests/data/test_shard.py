@@ -15,11 +15,19 @@ import vlm.data.shard as shard_mod
 from tests.data.helpers import encode, noise_image
 from vlm import storage
 from vlm.data.config import ShardConfig
-from vlm.data.reader import iter_samples, read_manifest
+from vlm.data import format as fmt
 from vlm.data.shard import InputError, shard_dataset
 from vlm.data.sources.shapes import COLORS
 
 SMALL = dict(builtin_size=40, builtin_image_size=48, samples_per_shard=6)
+
+
+def iter_samples(uri: str, split: str = "all"):
+    return fmt.iter_samples(uri, split, rank=0, world_size=1, worker=0, num_workers=1)
+
+
+def read_manifest(uri: str) -> dict:
+    return fmt.read_manifest(uri).model_dump(mode="json")
 
 
 def _keys_captions(uri: str) -> dict[str, str]:
@@ -101,19 +109,19 @@ def test_rerun_is_identical_and_resumes_after_interruption(tmp_path, monkeypatch
     again = shard_dataset("builtin:shapes", str(tmp_path / "clean"), cfg)
     assert again["resumed_shards"] == len(clean["shards"]) and again["shards"] == clean["shards"]
 
-    real, calls = shard_mod._write_tar, []
+    real, calls = shard_mod._write_final, []
 
-    def crash_on_third(uri, samples):
-        calls.append(uri)
+    def crash_on_third(task):
+        calls.append(task["name"])
         if len(calls) == 3:
             raise KeyboardInterrupt("simulated crash")
-        return real(uri, samples)
+        return real(task)
 
-    monkeypatch.setattr(shard_mod, "_write_tar", crash_on_third)
+    monkeypatch.setattr(shard_mod, "_write_final", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         shard_dataset("builtin:shapes", str(tmp_path / "resumed"), cfg)
     assert not (tmp_path / "resumed" / "manifest.json").exists()
-    monkeypatch.setattr(shard_mod, "_write_tar", real)
+    monkeypatch.setattr(shard_mod, "_write_final", real)
     first_shard = tmp_path / "resumed" / clean["shards"][0]["name"]
     mtime = first_shard.stat().st_mtime_ns
     resumed = shard_dataset("builtin:shapes", str(tmp_path / "resumed"), cfg)

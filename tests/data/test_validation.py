@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from tests.data.helpers import encode, jpeg_with_orientation, noise_image, png_header_only, smooth_image
+from vlm.data import format as fmt
 from vlm.data.config import ShardConfig
-from vlm.data.reader import iter_samples
 from vlm.data.shard import shard_dataset
 from vlm.data.validate import REASONS, Rejected, clean_caption, resolve_under, safe_relpath
 
@@ -21,7 +21,7 @@ REQUIRED = {"undecodable", "too_small", "too_large", "duplicate", "empty_caption
 
 
 def _samples(uri: str) -> list[dict]:
-    return list(iter_samples(uri, "all"))
+    return list(fmt.iter_samples(uri, "all", rank=0, world_size=1, worker=0, num_workers=1))
 
 
 @pytest.fixture
@@ -55,10 +55,12 @@ def messy(tmp_path):
         {"image": "img/good2.jpg", "caption": "bell\x07char"},                      # bad_caption
         {"image": "img/good2.jpg", "caption": 42},                                  # bad_caption
         {"image": "img/good2.jpg", "caption": "lone \udc80 surrogate"},             # bad_caption
+        {"image": "img/good2.jpg", "caption": "12:30 -- #42 !!! ..."},                # bad_caption (no letter)
+        {"image": "img/good3.jpg", "caption": ["1999", "\u2605\u2605\u2605"]},        # bad_caption (no letter)
         {"image": "img/missing.jpg", "caption": "missing"},                         # missing_file
         {"image": "../outside.jpg", "caption": "escapes"},                          # unsafe_path
         {"image": "/etc/hostname", "caption": "absolute"},                          # unsafe_path
-        {"image": "http://example.com/a.jpg", "caption": "remote"},                 # unsafe_path
+        {"image": "ftp://example.com/a.jpg", "caption": "remote"},                  # unsafe_path (scheme)
     ]
     lines = [json.dumps(r) for r in rows] + ["{not json"]                           # bad_record
     (root / "data.jsonl").write_text("\n".join(lines) + "\n")
@@ -70,10 +72,10 @@ def test_every_rejection_reason_is_counted(messy, tmp_path):
                       split={"train": 1, "val": 0, "test": 0})
     m = shard_dataset(str(messy), str(tmp_path / "out"), cfg)
     expected = {"undecodable": 2, "too_small": 1, "too_large": 2, "duplicate": 1, "empty_caption": 2,
-                "bad_caption": 3, "missing_file": 1, "unsafe_path": 3, "bad_record": 1}
+                "bad_caption": 5, "missing_file": 1, "unsafe_path": 3, "bad_record": 1}
     assert {k: v for k, v in m["rejected"].items() if v} == expected
     assert REQUIRED <= set(m["rejected"]) and set(m["rejected"]) == set(REASONS)
-    assert m["num_samples"] == 4 and m["num_input_records"] == 20
+    assert m["num_samples"] == 4 and m["num_input_records"] == 22
     assert m["rejected_total"] == sum(expected.values())
     assert m["captions_truncated"] == 1 and m["captions_merged"] == 1
     ex = m["rejected_examples"]
@@ -81,6 +83,7 @@ def test_every_rejection_reason_is_counted(messy, tmp_path):
     assert any("garbage.jpg" in e["ref"] for e in ex["undecodable"])
     assert "outside.jpg" in ex["unsafe_path"][0]["ref"] and "escapes" in ex["unsafe_path"][0]["detail"]
     assert "copy.jpg" in ex["duplicate"][0]["ref"] and "good0.jpg" in ex["duplicate"][0]["detail"]
+    assert any("no letter" in e["detail"] for e in ex["bad_caption"])
     by_caption = {s["meta"]["caption"]: s for s in _samples(str(tmp_path / "out"))}
     first = by_caption["A first picture."]
     assert first["meta"]["captions"] == ["A first picture.", "same pixels, new caption"]  # merged duplicate
@@ -158,11 +161,36 @@ def test_tar_members_that_escape_are_rejected(tmp_path):
         _add(tf, "link.jpg", kind=tarfile.SYMTYPE, link="/etc/passwd")
         _add(tf, "hard.jpg", kind=tarfile.LNKTYPE, link="ok1.jpg")
         _add(tf, "nocap.jpg", encode(noise_image(5)))
+        _add(tf, "../both.jpg", encode(noise_image(6)))                     # one sample, two unsafe members
+        _add(tf, "../both.json", json.dumps({"caption": "escapes twice"}).encode())
+        _add(tf, "half.jpg", encode(noise_image(7)))                        # one safe member, one link
+        _add(tf, "half.txt", kind=tarfile.SYMTYPE, link="/etc/hostname")
     m = shard_dataset(str(tar.parent), str(tmp_path / "out"), ShardConfig())
     assert m["source"] == "webdataset" and m["num_samples"] == 2
-    assert m["rejected"]["unsafe_path"] == 4 and m["rejected"]["empty_caption"] == 1
-    refs = " ".join(e["ref"] for e in m["rejected_examples"]["unsafe_path"])
-    assert "../evil.jpg" in refs and "/abs/evil.jpg" in refs and "link.jpg" in refs
+    # counted per sample, not per member: ../both (2 members) and half (1 of 2) are one rejection each
+    assert m["rejected"]["unsafe_path"] == 6 and m["rejected"]["empty_caption"] == 1
+    assert m["num_input_records"] == 9 and m["num_samples"] + m["rejected_total"] == 9
+    examples = {e["ref"]: e["detail"] for e in m["rejected_examples"]["unsafe_path"]}
+    assert len(examples) == 5  # the manifest keeps 5 examples per reason, one per sample
+    assert "part-0.tar:../evil" in examples and "part-0.tar:/abs/evil" in examples and "part-0.tar:link" in examples
+    assert examples["part-0.tar:../both"].count("../both.") == 2  # both members named in the one example
+
+
+def test_truncated_input_tar_keeps_its_complete_samples(tmp_path):
+    tar = tmp_path / "in" / "part-0.tar"
+    tar.parent.mkdir()
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as tf:
+        for i in range(4):
+            _add(tf, f"s{i}.jpg", encode(noise_image(i, (64, 48))))
+            _add(tf, f"s{i}.txt", f"sample number {i}".encode())
+    data = tar.read_bytes()
+    tar.write_bytes(data[: int(len(data) * 0.6)])
+    m = shard_dataset(str(tar.parent), str(tmp_path / "out"), ShardConfig())
+    kept = sorted(s["meta"]["caption"] for s in _samples(str(tmp_path / "out")))
+    assert kept and kept == [f"sample number {i}" for i in range(len(kept))] and len(kept) < 4
+    lost = m["rejected"]["undecodable"] + m["rejected"]["bad_record"] + m["rejected"]["empty_caption"]
+    assert lost >= 1 and m["num_samples"] + m["rejected_total"] == m["num_input_records"]
+    assert any("part-0.tar" in e["ref"] for exs in m["rejected_examples"].values() for e in exs)
 
 
 def test_transform_orients_converts_and_resizes(tmp_path):
@@ -188,7 +216,10 @@ def test_transform_orients_converts_and_resizes(tmp_path):
 def test_caption_and_path_rules():
     assert clean_caption("  caf\u0065\u0301  au\u00a0lait ", 100) == ("café au lait", False)
     assert clean_caption("one two three four", 12) == ("one two", True)
-    for bad in (b"\xff\xfe", "a\x00b", "\x1b[31mred", 3.5, {"a": 1}):
+    assert clean_caption("3 cats, 2 dogs!", 100) == ("3 cats, 2 dogs!", False)
+    assert clean_caption("\u65e5\u672c\u8a9e 2024", 100)[0] == "\u65e5\u672c\u8a9e 2024"  # letters of any script
+    for bad in (b"\xff\xfe", "a\x00b", "\x1b[31mred", 3.5, {"a": 1}, "2024-01-01", "!!! ???", "\u2764\ufe0f \U0001f600",
+                "#42 -- $9.99"):
         with pytest.raises(Rejected) as exc:
             clean_caption(bad, 100)
         assert exc.value.reason == "bad_caption"

@@ -40,9 +40,9 @@ def test_shards_all_tasks_results_and_report(tiny_model_uri, tiny_model, shapes_
     assert m["vqa_accuracy"] == pytest.approx(sum(r["accuracy"] for r in results["vqa"]) / len(results["vqa"]))
     # the predictions are the model's own beam-search output
     s0 = results["caption"][0]
-    from vlm.data.reader import iter_samples
+    from vlm.data.format import iter_samples
 
-    first = next(iter_samples(shapes_shards, split="test", rank=0, world_size=1, worker_id=0, num_workers=1))
+    first = next(iter_samples(shapes_shards, split="test", rank=0, world_size=1, worker=0, num_workers=1))
     assert first["__key__"] == s0["key"]
     assert tiny_model.generate([first["image"]], instructions=[cfg.caption_instruction], num_beams=2,
                                max_new_tokens=6) == [s0["prediction"]]

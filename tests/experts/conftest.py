@@ -1,16 +1,17 @@
-"""Small data shards in the format of ../shared/DESIGN.md, built with tarfile + PIL (no dependency on vlm.data)."""
+"""Small data shards (docs/formats.md), written with the format's own writer (vlm.data.format)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
+
+from vlm.data import format as fmt
 
 
 def text_image(text: str = "HELLO", size: tuple[int, int] = (224, 160)) -> np.ndarray:
@@ -42,32 +43,19 @@ def key_of(arr: np.ndarray) -> str:
 
 def write_shards(root: Path, samples: list[tuple[str, bytes | np.ndarray]], per_shard: int, split: str = "train") -> list[str]:
     """Write ``{split}-{i:06d}.tar`` shards + manifest.json; raw bytes are stored as-is (to test bad images)."""
-    root.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for i in range(0, len(samples), per_shard):
-        name = f"{split}-{i // per_shard:06d}.tar"
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for key, img in samples[i : i + per_shard]:
-                if isinstance(img, np.ndarray):
-                    out = io.BytesIO()
-                    Image.fromarray(img).save(out, "PNG")  # lossless, so pixel tests are exact
-                    data, ext = out.getvalue(), "png"
-                    w, h = img.shape[1], img.shape[0]
-                else:
-                    data, ext, w, h = img, "jpg", 0, 0
-                meta = json.dumps({"caption": f"sample {key}", "captions": [f"sample {key}"], "source": "test",
-                                   "width": w, "height": h}).encode()
-                for member, payload in ((f"{key}.{ext}", data), (f"{key}.json", meta)):
-                    info = tarfile.TarInfo(member)
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-        (root / name).write_bytes(buf.getvalue())
-        entries.append({"name": name, "num_samples": len(samples[i : i + per_shard]),
-                        "sha256": hashlib.sha256(buf.getvalue()).hexdigest()})
-    (root / "manifest.json").write_text(json.dumps({"name": "test", "shards": entries,
-                                                    "total": len(samples), "rejected": {}}))
-    return [e["name"] for e in entries]
+    def members(key: str, img: bytes | np.ndarray) -> dict[str, bytes]:
+        if isinstance(img, np.ndarray):
+            out = io.BytesIO()
+            Image.fromarray(img).save(out, "PNG")  # lossless, so pixel tests are exact
+            data, ext, w, h = out.getvalue(), "png", img.shape[1], img.shape[0]
+        else:
+            data, ext, w, h = img, "jpg", 0, 0
+        meta = {"caption": f"sample {key}", "captions": [f"sample {key}"], "source": "test", "width": w, "height": h}
+        return {ext: data, "json": json.dumps(meta).encode()}
+
+    shards = fmt.write_split(str(root), split, ((k, members(k, img)) for k, img in samples), per_shard)
+    fmt.write_manifest(str(root), fmt.Manifest.build(shards, name="test"))
+    return [s.name for s in shards]
 
 
 def standard_samples(n_noise: int = 5) -> list[tuple[str, np.ndarray]]:

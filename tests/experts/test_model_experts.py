@@ -12,7 +12,8 @@ import pytest
 from tests.experts.hf_tiny import tiny_depth_anything, tiny_dpt, tiny_segformer
 from vlm.experts import ExpertError, ExpertsConfig
 from vlm.experts.runner import run_experts
-from vlm.experts.shards import iter_tar, read_label_shard
+from vlm.data import format as fmt
+from vlm.experts.shards import read_label_shard
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_depth_normals_detection_and_hf_segmentation(dataset: Path, tmp_path: Pa
         normals = read_label_shard(str(labels / "normals" / shard.name), "normals")
         seg = read_label_shard(str(labels / "segmentation" / shard.name), "segmentation", with_meta=True)
         det = read_label_shard(str(labels / "detection" / shard.name), "detection", with_meta=True)
-        for key, _ in iter_tar(str(shard)):
+        for key in fmt.shard_keys(str(shard)):
             d = depth[key]
             assert d.dtype == np.uint8 and d.ndim == 2 and d.min() == 0 and d.max() == 255  # per-image min-max
             assert normals[key].shape == (*d.shape, 3)
@@ -77,14 +78,16 @@ def test_bad_sources_are_clear_errors(dataset: Path, tmp_path: Path, checkpoints
         run_experts(str(dataset), str(tmp_path / "l"), ["depth"], ExpertsConfig(sources={"depth": str(no_proc)}))
 
 
-def test_loader_splits_normals_into_hxw_maps(dataset: Path, tmp_path: Path, checkpoints):
-    from vlm.experts.loader import iter_labelled
+def test_training_reads_normals_as_three_hxw_maps(dataset: Path, tmp_path: Path, checkpoints):
+    from vlm.train.labels import ExpertAttacher
 
     labels = tmp_path / "labels"
     run_experts(str(dataset), str(labels), ["depth", "normals"], ExpertsConfig(sources={"depth": str(checkpoints["dpt"])}))
-    s = next(iter_labelled(str(dataset), str(labels), ["depth", "normals"]))
-    assert set(s["experts"]) == {"depth", "normals_x", "normals_y", "normals_z"}
-    assert all(a.ndim == 2 and a.dtype == np.uint8 for a in s["experts"].values())
-    raw = next(iter_labelled(str(dataset), str(labels), ["normals"], split_channels=False))
-    assert raw["experts"]["normals"].shape == (raw["image"].height, raw["image"].width, 3)
-    assert np.array_equal(raw["experts"]["normals"][..., 2], s["experts"]["normals_z"])
+    attacher = ExpertAttacher(str(labels), ["depth", "normals_x", "normals_y", "normals_z"], str(dataset))
+    sample = next(fmt.iter_samples(str(dataset), "train", rank=0, world_size=1, worker=0, num_workers=1))
+    maps = attacher.attach(sample, sample["__shard__"])["experts"]
+    assert set(maps) == {"depth", "normals_x", "normals_y", "normals_z"}
+    assert all(a.ndim == 2 and a.dtype == np.uint8 for a in maps.values())
+    name = sample["__shard__"].rsplit("/", 1)[-1]
+    normals = read_label_shard(str(labels / "normals" / name), "normals")[sample["__key__"]]
+    assert normals.shape[2] == 3 and np.array_equal(normals[..., 2], maps["normals_z"])

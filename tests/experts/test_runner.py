@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +12,18 @@ from tests.experts.conftest import key_of, noise_image, standard_samples, write_
 from vlm.experts import ExpertBrokenError, ExpertError, ExpertsConfig, Label, PerImageExpert, order, register
 from vlm.experts import registry as reg
 from vlm.experts.runner import run_experts, shard_groups, write_labels_index
-from vlm.experts.shards import iter_tar, read_label_shard
+from vlm.data import format as fmt
+from vlm.experts.shards import read_label_shard
 
 CFG = ExpertsConfig(batch_size=2)
 
 
 def members(tar: Path) -> list[str]:
-    with tarfile.open(tar) as t:
-        return t.getnames()
+    return [f"{s['__key__']}.{ext}" for s in fmt.iter_shard(str(tar)) for ext in s if not ext.startswith("__")]
 
 
 def data_keys(shard: Path) -> list[str]:
-    return [k for k, _ in iter_tar(str(shard))]
+    return fmt.shard_keys(str(shard))
 
 
 @pytest.fixture
@@ -76,12 +75,10 @@ def test_labels_align_one_to_one_and_index_is_written(dataset: Path, tmp_path: P
             pngs = [m for m in members(lab) if m.endswith(".png")]
             assert pngs == [f"{k}.{e}.png" for k in keys]  # same keys, same order as the data shard
         maps = read_label_shard(str(labels / "edges" / shard.name), "edges")
-        for k, g in iter_tar(str(shard)):
-            from PIL import Image
-            import io
-
-            w, h = Image.open(io.BytesIO(g["png"])).size
-            assert maps[k].shape == (h, w) and maps[k].dtype == np.uint8
+        for sample in fmt.iter_samples(str(dataset), "train", rank=0, world_size=1, worker=0, num_workers=1):
+            if sample["__shard__"].endswith(shard.name):
+                w, h = sample["image"].size
+                assert maps[sample["__key__"]].shape == (h, w) and maps[sample["__key__"]].dtype == np.uint8
     seg = read_label_shard(str(labels / "segmentation" / "train-000000.tar"), "segmentation", with_meta=True)
     arr, meta = next(iter(seg.values()))
     assert set(np.unique(arr).astype(str)) == set(meta["instances"])

@@ -10,7 +10,7 @@ import numpy as np
 from tests.experts.hf_tiny import tiny_dpt
 from vlm import storage
 from vlm.experts import ExpertsConfig
-from vlm.experts.loader import iter_labelled, join_experts
+from vlm.data import format as fmt
 from vlm.experts.runner import run_experts, shard_groups
 from vlm.experts.shards import read_label_shard
 
@@ -42,9 +42,16 @@ def test_s3_in_and_out_with_resume_and_loader(dataset: Path, tmp_path: Path, s3_
 
     edges0 = read_label_shard(storage.join(labels, "edges", "train-000000.tar"), "edges")
     assert len(edges0) == 3 and all(a.dtype == np.uint8 for a in edges0.values())
-    samples = list(iter_labelled(data, labels, ["edges", "depth"]))
+    # training reads S3 data through the format's reader and attaches the S3 labels by aligned shard and by key
+    from vlm.experts.loader import ExpertLabels
+    from vlm.train.labels import ExpertAttacher
+
+    samples = list(fmt.iter_samples(data, "train", rank=0, world_size=1, worker=0, num_workers=1))
     assert len(samples) == 8
-    assert all(s["experts"]["depth"].shape == (s["image"].height, s["image"].width) for s in samples)
-    stream = [{k: v for k, v in s.items() if k != "experts"} for s in samples[::-1]]
-    joined = list(join_experts(stream, labels, ["depth"]))
-    assert all(np.array_equal(j["experts"]["depth"], s["experts"]["depth"]) for j, s in zip(joined, samples[::-1]))
+    attacher = ExpertAttacher(labels, ["edges", "depth"], data)
+    assert attacher.by_shard
+    by_shard = [attacher.attach(s, s["__shard__"])["experts"] for s in samples]
+    by_key = ExpertLabels(labels, ["depth"])
+    for s, maps in zip(samples, by_shard, strict=True):
+        assert maps["depth"].shape == (s["image"].height, s["image"].width)
+        assert np.array_equal(by_key.get(s["__key__"])["depth"], maps["depth"])

@@ -9,9 +9,10 @@ from typer.testing import CliRunner
 from vlm.cli import app
 
 EXPECTED_EDGES = {
-    ("prepare", "shard"), ("shard", "expert-groups"), ("expert-groups", "for-loop-2"), ("for-loop-2", "experts-index"),
+    ("prepare", "shard-partitions"), ("shard-partitions", "for-loop-2"), ("for-loop-2", "shard"),
+    ("shard", "expert-groups"), ("expert-groups", "for-loop-3"), ("for-loop-3", "experts-index"),
     ("experts-index", "pretrain"), ("pretrain", "curate"), ("curate", "finetune"), ("finetune", "evaluate"),
-    ("evaluate", "register"), ("register", "condition-3"),
+    ("evaluate", "register"), ("register", "condition-4"),
 }
 
 
@@ -57,12 +58,13 @@ def test_dag_structure(compiled):
     assert root["finish"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     body = spec["components"]["comp-exit-handler-1"]["dag"]
     assert EXPECTED_EDGES <= _deps(body), _deps(body)
-    loop = body["tasks"]["for-loop-2"]
-    assert loop["parameterIterator"]["itemInput"].endswith("loop-item-param-1") or "parameterIterator" in loop
-    condition = body["tasks"]["condition-3"]["triggerPolicy"]["condition"]
+    for name in ("for-loop-2", "for-loop-3"):  # the sharding and the experts fan-outs
+        assert "parameterIterator" in body["tasks"][name], name
+    condition = body["tasks"]["condition-4"]["triggerPolicy"]["condition"]
     assert "register" in condition and "true" in condition.lower()
     # caching: on for deterministic data steps, off for training and registry
     assert body["tasks"]["shard"]["cachingOptions"].get("enableCache") is True
+    assert body["tasks"]["shard-partitions"]["cachingOptions"].get("enableCache") is True
     assert body["tasks"]["expert-groups"]["cachingOptions"].get("enableCache") is True
     for name in ("pretrain", "finetune", "register", "prepare"):
         assert not body["tasks"][name]["cachingOptions"].get("enableCache"), name

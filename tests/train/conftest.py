@@ -1,11 +1,11 @@
-"""Fixtures for the training engine: tiny WebDataset shards (DESIGN.md format) and tiny model configs."""
+"""Fixtures for the training engine: tiny dataset shards (docs/formats.md, written with vlm.data.format) and
+tiny model configs."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -27,31 +27,30 @@ def _image(color: str, shape: str, size: int = 32) -> bytes:
     return buf.getvalue()
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_shards(root: Path, split: str, n: int, per_shard: int, corrupt: int = 0, offset: int = 0) -> list[str]:
-    """``n`` synthetic shape samples (caption + one QA) in ``{split}-NNNNNN.tar`` files; ``corrupt`` bad images."""
-    root.mkdir(parents=True, exist_ok=True)
-    names = []
+    """``n`` synthetic shape samples (caption + one QA) in ``{split}-NNNNNN.tar`` files; ``corrupt`` bad images.
+
+    The split's entries in ``manifest.json`` are (re)written; other splits' entries are kept.
+    """
+    from vlm.data import format as fmt
+
     colors = list(COLORS)
-    for s in range(0, n, per_shard):
-        name = f"{split}-{s // per_shard:06d}.tar"
-        with tarfile.open(root / name, "w") as tar:
-            for i in range(s, min(n, s + per_shard)):
-                color, shape = colors[(i + offset) % 4], SHAPES[((i + offset) // 4) % 2]
-                key = f"{split}{i:05d}"
-                meta = {"caption": f"a {color} {shape}", "captions": [f"a {color} {shape}"], "source": "test",
-                        "width": 32, "height": 32,
-                        "qa": [{"question": "What color is the shape?", "answers": [color]}]}
-                img = b"not an image" if i < corrupt else _image(color, shape)
-                _add(tar, f"{key}.png", img)
-                _add(tar, f"{key}.json", json.dumps(meta).encode())
-        names.append(name)
-    return names
+
+    def samples():
+        for i in range(n):
+            color, shape = colors[(i + offset) % 4], SHAPES[((i + offset) // 4) % 2]
+            meta = {"caption": f"a {color} {shape}", "captions": [f"a {color} {shape}"], "source": "test",
+                    "width": 32, "height": 32, "qa": [{"question": "What color is the shape?", "answers": [color]}]}
+            img = b"not an image" if i < corrupt else _image(color, shape)
+            yield f"{split}{i:05d}", {"png": img, "json": json.dumps(meta).encode()}
+
+    shards = fmt.write_split(str(root), split, samples(), per_shard)
+    try:
+        kept = [s for s in fmt.read_manifest(str(root)).shards if s.split != split]
+    except FileNotFoundError:
+        kept = []
+    fmt.write_manifest(str(root), fmt.Manifest.build(kept + shards, name="train-test"))
+    return [s.name for s in shards]
 
 
 @pytest.fixture(scope="session")

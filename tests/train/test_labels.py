@@ -79,6 +79,11 @@ def test_examples_carry_their_own_expert_maps_and_resume_by_position(labelled):
 def test_labels_are_found_by_key_for_a_copied_dataset(labelled, tmp_path):
     copy = tmp_path / "curated"
     shutil.copytree(labelled["data"], copy)  # e.g. a curated stage-two set that kept the keys
+    assert ExpertAttacher(labelled["labels"], ["edges"], str(copy)).by_shard  # an identical copy is aligned
+    from vlm.data import format as fmt
+
+    manifest = fmt.read_manifest(str(copy))
+    fmt.write_manifest(str(copy), manifest.model_copy(update={"name": "curated", "kind": "curated"}))
     attacher = ExpertAttacher(labelled["labels"], ["edges"], str(copy))
     assert not attacher.by_shard
     truth = _all_labels(labelled["labels"])

@@ -1,20 +1,16 @@
-"""Seeded image sampling from data shards (the DESIGN.md shard format), split across ranks."""
+"""Seeded image sampling from data shards (read through :mod:`vlm.data.format`), split across ranks."""
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import random
-import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlm import storage
+from vlm.data import format as fmt
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass
@@ -34,23 +30,13 @@ class ImageSample:
 
 
 def list_split_shards(data_uri: str, split: str) -> list[str]:
-    shards = sorted(u for u in storage.list_uris(data_uri)
-                    if u.rsplit("/", 1)[-1].startswith(f"{split}-") and u.endswith(".tar"))
+    try:
+        shards = [s.uri for s in fmt.find_shards(data_uri, split)]
+    except FileNotFoundError:
+        shards = []
     if not shards:
         raise FileNotFoundError(f"no {split}-*.tar shards under {data_uri}")
     return shards
-
-
-def _key_ext(name: str) -> tuple[str, str]:
-    base = name.rsplit("/", 1)[-1]
-    key, _, ext = base.partition(".")
-    return name[: len(name) - len(base)] + key, ext.lower()
-
-
-def _shard_keys(shard_uri: str) -> list[str]:
-    with tarfile.open(storage.local_copy(shard_uri)) as tar:
-        keys = {_key_ext(m.name)[0] for m in tar.getmembers() if m.isfile() and _key_ext(m.name)[1] in IMAGE_EXTS}
-    return sorted(keys)
 
 
 def select_keys(data_uri: str, n: int, seed: int, split: str = "train") -> list[tuple[str, str]]:
@@ -58,7 +44,7 @@ def select_keys(data_uri: str, n: int, seed: int, split: str = "train") -> list[
 
     The same (data, n, seed, split) always gives the same list, on every rank.
     """
-    pairs = [(shard, key) for shard in list_split_shards(data_uri, split) for key in _shard_keys(shard)]
+    pairs = [(shard, key) for shard in list_split_shards(data_uri, split) for key in fmt.shard_keys(shard)]
     if not pairs:
         raise FileNotFoundError(f"the {split} shards under {data_uri} hold no images")
     if n > len(pairs):
@@ -75,21 +61,19 @@ def read_samples(pairs: list[tuple[str, str]]) -> list[ImageSample]:
         by_shard.setdefault(shard, set()).add(key)
     found: dict[tuple[str, str], ImageSample] = {}
     for shard, keys in by_shard.items():
-        with tarfile.open(storage.local_copy(shard)) as tar:
-            for member in tar.getmembers():
-                key, ext = _key_ext(member.name)
-                if key not in keys or not member.isfile():
-                    continue
-                sample = found.setdefault((shard, key), ImageSample(key=key, shard=shard, ext="", data=b""))
-                payload = tar.extractfile(member).read()  # type: ignore[union-attr]
-                if ext in IMAGE_EXTS:
-                    sample.ext, sample.data = ext, payload
-                elif ext == "json":
-                    try:
-                        sample.meta = json.loads(payload)
-                    except ValueError:
-                        log.warning("%s: %s.json is not valid JSON; ignoring its metadata", shard, key)
-    missing = [p for p in pairs if p not in found or not found[p].data]
+        for raw in fmt.iter_shard(shard, keys=keys):
+            key = raw["__key__"]
+            try:
+                ext, data = fmt.image_member(raw)
+            except fmt.SampleError:
+                continue
+            try:
+                meta = fmt.sample_meta(raw)
+            except fmt.SampleError as exc:
+                log.warning("%s: sample %s: %s; ignoring its metadata", shard, key, exc)
+                meta = {}
+            found[(shard, key)] = ImageSample(key=key, shard=shard, ext=ext, data=data, meta=meta)
+    missing = [p for p in pairs if p not in found]
     if missing:
         raise FileNotFoundError(f"{len(missing)} selected image(s) vanished from their shards, e.g. {missing[0]}")
     return [found[p] for p in pairs]

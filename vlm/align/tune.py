@@ -14,7 +14,6 @@ description gains shrink).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -22,6 +21,7 @@ from typing import Any
 
 from vlm import storage
 from vlm.align.config import DETAILED_INSTRUCTIONS
+from vlm.data.format import Manifest, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,14 @@ def stage_two_config(cfg):
     return cfg.model_copy(update={"align": cfg.align.model_copy(update={"finetune": ft})})
 
 
-def check_curated(curated_uri: str) -> dict[str, Any]:
+def check_curated(curated_uri: str) -> Manifest:
     """The curated set's manifest; a clear error when it is missing or holds no kept sample."""
-    manifest_uri = storage.join(curated_uri, "manifest.json")
-    if not storage.exists(manifest_uri):
-        raise FileNotFoundError(f"{curated_uri} is not a curated set (no manifest.json); run `vlm align curate` first")
-    manifest = json.loads(storage.read_text(manifest_uri))
-    if not manifest.get("totals", {}).get("samples"):
-        raise ValueError(f"the curated set {curated_uri} kept no sample ({manifest.get('rejected')}); "
+    try:
+        manifest = read_manifest(curated_uri)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{curated_uri} is not a curated set (no manifest.json); run `vlm align curate` first") from None
+    if not manifest.num_samples:
+        raise ValueError(f"the curated set {curated_uri} kept no sample ({manifest.rejected}); "
                          "relax align filters or sample more images")
     return manifest
 
@@ -75,7 +75,7 @@ def finetune(cfg_path_or_cfg, curated_uri: str, init_from: str, output_uri: str)
     if not storage.exists(storage.join(init_from, "vlm_config.json")):
         raise FileNotFoundError(f"{init_from} is not a model artefact (no vlm_config.json)")
     manifest = check_curated(curated_uri)  # the engine applies stage_two_config (vlm.train.loop.stage_config)
-    log.info("stage two: %d curated samples, %d steps from %s", manifest["totals"]["samples"],
+    log.info("stage two: %d curated samples, %d steps from %s", manifest.num_samples,
              cfg.align.finetune.steps, init_from)
     nproc = cfg.align.finetune.nproc
     if nproc > 1 and "LOCAL_RANK" not in os.environ:

@@ -1,19 +1,18 @@
-"""The curated set on disk: DESIGN.md shards (caption = final text), a json listing and summary statistics.
+"""The curated set on disk: dataset shards (caption = final text), a json listing and summary statistics.
 
-Layout under the output URI::
+Written through :mod:`vlm.data.format` (``docs/formats.md``). Layout under the output URI::
 
     train-000000.tar ...   kept samples: {key}.{jpg|png|webp} (source bytes) + {key}.json (caption = final,
                            the source's question-answer pairs under qa)
-    manifest.json          name, config, num_samples, shards (name, num_samples, sha256), totals, rejected by reason
+    manifest.json          the dataset manifest with kind "curated": name, config, num_samples, shards
+                           (name, split, num_samples, sha256, size), rejected by first reason, input count
     curated.json           one entry per sampled image: key, raw, cleaned, final caption, reasons, changes
     summary.json           kept/rejected, repetition rate, cut-off rate and length before and after
 """
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
 from collections import Counter
 from statistics import mean
@@ -22,16 +21,9 @@ from typing import Any
 from vlm import storage
 from vlm.align.clean import is_cut_off, repetition_rate, word_count
 from vlm.align.samples import ImageSample
+from vlm.data import format as fmt
 
 SPLIT = "train"
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # deterministic shards
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
 
 
 def sample_json(record: dict[str, Any], sample: ImageSample) -> dict[str, Any]:
@@ -45,21 +37,13 @@ def sample_json(record: dict[str, Any], sample: ImageSample) -> dict[str, Any]:
 
 
 def write_shards(kept: list[dict[str, Any]], samples: dict[str, ImageSample], output_uri: str,
-                 samples_per_shard: int) -> list[dict[str, Any]]:
-    shards = []
-    for index, start in enumerate(range(0, len(kept), samples_per_shard)):
-        buf = io.BytesIO()
-        chunk = kept[start : start + samples_per_shard]
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for record in chunk:
-                sample = samples[record["key"]]
-                _add(tar, f"{record['key']}.{sample.ext}", sample.data)
-                _add(tar, f"{record['key']}.json", json.dumps(sample_json(record, sample)).encode())
-        data = buf.getvalue()
-        name = f"{SPLIT}-{index:06d}.tar"
-        storage.write_bytes(storage.join(output_uri, name), data)
-        shards.append({"name": name, "split": SPLIT, "num_samples": len(chunk), "sha256": storage.sha256_bytes(data)})
-    return shards
+                 samples_per_shard: int) -> list[fmt.ShardInfo]:
+    def members():
+        for record in kept:
+            sample = samples[record["key"]]
+            yield record["key"], {sample.ext: sample.data, "json": json.dumps(sample_json(record, sample)).encode()}
+
+    return fmt.write_split(output_uri, SPLIT, members(), samples_per_shard)
 
 
 def _avg(values: list[float]) -> float:
@@ -101,18 +85,12 @@ def write_curated_set(records: list[dict[str, Any]], samples: dict[str, ImageSam
     kept = [r for r in records if r["kept"]]
     shards = write_shards(kept, samples, output_uri, samples_per_shard)
     summary = summarize(records, ngram)
-    manifest = {
-        "name": "align-curated",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": config,
-        "num_samples": len(kept),  # the data-shard manifest contract (DESIGN.md): num_samples, shards[...]
-        "shards": shards,
-        "totals": {"samples": len(kept), SPLIT: len(kept), "input": len(records)},
-        "rejected": summary["rejected_by_first_reason"],
-    }
+    manifest = fmt.Manifest.build(shards, kind="curated", name="align-curated",
+                                  created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), config=config,
+                                  rejected=summary["rejected_by_first_reason"], num_input_records=len(records))
     listing = [{k: r.get(k) for k in ("key", "raw", "cleaned", "rewritten", "final", "kept", "reasons", "changes",
                                      "continued", "raw_tokens", "itc_score", "source_shard")} for r in records]
     storage.write_text(storage.join(output_uri, "curated.json"), json.dumps(listing, indent=1, ensure_ascii=False))
     storage.write_text(storage.join(output_uri, "summary.json"), json.dumps(summary, indent=2))
-    storage.write_text(storage.join(output_uri, "manifest.json"), json.dumps(manifest, indent=2))
+    fmt.write_manifest(output_uri, manifest)
     return summary

@@ -1,8 +1,11 @@
-"""Data stage: sources -> validation -> WebDataset shards + manifest, and the streaming reader.
+"""Data stage: sources -> validation -> WebDataset shards + manifest, and the one dataset format.
 
-- ``vlm.data.shard.shard_dataset(input, output, cfg) -> manifest`` writes shards (``vlm shard`` CLI).
-- ``vlm.data.reader``: ``read_manifest``, ``iter_samples``, ``ShardDataset`` (torch IterableDataset).
-- ``vlm.data.sources``: one module per input kind (tables, image folders, tars, builtin sets).
+- ``vlm.data.format``: owns the on-disk format (manifest, samples, QA, shard writer and reader); every
+  stage reads and writes datasets through it (``docs/formats.md``).
+- ``vlm.data.shard``: ``shard_dataset(input, output, cfg) -> manifest`` (``vlm shard`` CLI), and its fan-out
+  steps ``plan_partitions`` -> ``shard_partition`` x N -> ``merge_partitions``.
+- ``vlm.data.sources``: one module per input kind (tables with paths, URLs or embedded bytes; image
+  folders; WebDataset tars; builtin sets). ``vlm.data.fetch`` downloads image URLs.
 
 Heavy modules are imported lazily by their users; importing ``vlm.data`` is cheap.
 """

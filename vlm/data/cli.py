@@ -13,14 +13,17 @@ def register(app: typer.Typer) -> None:
 
 
 def shard(
-    input: str = typer.Argument(..., help="JSONL/CSV/Parquet file, image folder, WebDataset tars (folder or glob), "
-                                "s3:// URI, or builtin:shapes|photos|easy-vqa"),
+    input: str = typer.Argument(..., help="JSONL/CSV/Parquet/Arrow table (image paths, http(s) URLs or embedded "
+                                "bytes), image folder, WebDataset tars (folder or glob), s3:// URI, or "
+                                "builtin:shapes|photos|easy-vqa"),
     output: str = typer.Argument(..., help="dataset URI: local folder or s3://bucket/prefix"),
     config: Path | None = typer.Option(None, "--config", "-c", help="pipeline YAML; its `data` section is the base"),
     name: str | None = typer.Option(None, help="dataset name"),
     limit: int | None = typer.Option(None, help="stop after this many input records"),
     samples_per_shard: int | None = typer.Option(None, "--samples-per-shard", "-n"),
-    workers: int | None = typer.Option(None, "--workers", "-j", help="worker processes"),
+    workers: int | None = typer.Option(None, "--workers", "-j", help="worker processes per partition"),
+    partitions: int | None = typer.Option(None, "--partitions", "-p", help="shard as up to N partitions in parallel"),
+    min_partition_records: int | None = typer.Option(None, help="no partition smaller than this many records"),
     max_side: int | None = typer.Option(None, help="resize so the long side is at most this"),
     min_side: int | None = typer.Option(None, help="reject images with a shorter short side"),
     max_pixels: int | None = typer.Option(None, help="reject images with more pixels"),
@@ -35,7 +38,8 @@ def shard(
     image_column: str | None = typer.Option(None),
     caption_column: str | None = typer.Option(None),
     seed: int | None = typer.Option(None),
-    set_: list[str] = typer.Option([], "--set", help="any ShardConfig field as key=value (JSON values)"),
+    set_: list[str] = typer.Option([], "--set", help="any ShardConfig field as key=value (JSON values; nested "
+                                   "with dots, e.g. download.threads=32)"),
 ) -> None:
     """Validate, de-duplicate and shard image-text pairs into WebDataset tars + manifest.json."""
     from pydantic import ValidationError
@@ -50,7 +54,8 @@ def shard(
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     options = {k: v for k, v in dict(
-        name=name, limit=limit, samples_per_shard=samples_per_shard, workers=workers, max_side=max_side,
+        name=name, limit=limit, samples_per_shard=samples_per_shard, workers=workers, partitions=partitions,
+        min_partition_records=min_partition_records, max_side=max_side,
         min_side=min_side, max_pixels=max_pixels, jpeg_quality=jpeg_quality, max_caption_chars=max_caption_chars,
         long_captions=long_captions, near_duplicates=near_duplicates,
         near_duplicate_distance=near_duplicate_distance, builtin_size=builtin_size,
@@ -66,10 +71,14 @@ def shard(
         data["split"] = {"train": train, "val": val, "test": test}
     for item in set_:
         key, _, value = item.partition("=")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
         try:
-            data[key.strip()] = json.loads(value)
+            node[leaf] = json.loads(value)
         except json.JSONDecodeError:
-            data[key.strip()] = value
+            node[leaf] = value
     try:
         cfg = ShardConfig.model_validate(data)
     except ValidationError as exc:
@@ -83,5 +92,5 @@ def shard(
     rejected = {k: v for k, v in manifest["rejected"].items() if v}
     typer.echo(json.dumps({"output": output, "num_samples": manifest["num_samples"],
                            "splits": manifest["splits"], "shards": len(manifest["shards"]),
-                           "resumed_shards": manifest["resumed_shards"], "rejected": rejected,
-                           "elapsed_s": manifest["elapsed_s"]}, indent=2))
+                           "partitions": manifest.get("partitions", 1), "resumed_shards": manifest["resumed_shards"],
+                           "rejected": rejected, "elapsed_s": manifest["elapsed_s"]}, indent=2))

@@ -27,6 +27,19 @@ class SplitConfig(Section):
         return {name: getattr(self, name) / total for name in ("train", "val", "test")}
 
 
+class DownloadConfig(Section):
+    """How image URLs (URL-list inputs: LAION / CC / SBU-style tables) are fetched."""
+
+    threads: int = Field(16, ge=1, le=256, description="concurrent downloads per worker process")
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to establish a connection")
+    read_timeout: float = Field(10.0, gt=0, description="seconds without a byte before giving up")
+    total_timeout: float = Field(60.0, gt=0, description="seconds for a whole download (slow-drip guard)")
+    retries: int = Field(2, ge=0, le=10, description="retries after a connection error, timeout, 5xx or 429")
+    backoff: float = Field(0.5, ge=0, description="first retry delay in seconds, doubled on each retry")
+    max_bytes: int = Field(20_000_000, ge=1, description="larger responses are rejected (checked while streaming)")
+    user_agent: str = "vlm-platform/0.1 (+image-text dataset builder)"
+
+
 class ShardConfig(Section):
     """How raw image-text pairs become validated WebDataset shards."""
 
@@ -35,7 +48,11 @@ class ShardConfig(Section):
     name: str = "dataset"
     limit: int | None = Field(None, ge=1, description="stop after this many input records")
     samples_per_shard: int = Field(1000, ge=1)
-    workers: int = Field(1, ge=1, description="worker processes (1 = in-process)")
+    workers: int = Field(1, ge=1, description="worker processes per partition (1 = in-process)")
+    partitions: int = Field(1, ge=1, description="fan-out: shard the input as up to this many partitions in "
+                            "parallel (kfp ParallelFor pods on a cluster, processes locally), merged into one dataset")
+    min_partition_records: int = Field(50_000, ge=1, description="no partition smaller than this many input "
+                                       "records (small inputs stay one partition)")
     max_side: int = Field(224, ge=16, description="resize so the long side is at most this")
     min_side: int = Field(16, ge=1, description="reject images whose short side is smaller")
     max_pixels: int = Field(89_478_485, ge=1, description="reject larger images (decompression bombs)")
@@ -47,6 +64,8 @@ class ShardConfig(Section):
     split: SplitConfig = SplitConfig()
     builtin_size: int = Field(512, ge=1, description="number of samples for generated builtin sources")
     builtin_image_size: int = Field(128, ge=16, le=4096, description="side of builtin:shapes images")
-    image_column: str = Field("image", description="table inputs: column with the image path or s3:// URI")
+    image_column: str = Field("image", description="table inputs: column with the image path, s3:// or http(s) "
+                              "URL, or the image bytes (Parquet/Arrow: binary or {bytes, path} struct)")
     caption_column: str = Field("caption", description="table inputs: column with the caption (str or list)")
     seed: int = 0
+    download: DownloadConfig = DownloadConfig()

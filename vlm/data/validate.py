@@ -16,15 +16,20 @@ from typing import Any
 REASONS: dict[str, str] = {
     "undecodable": "the image bytes could not be decoded (corrupt, truncated or not an image)",
     "too_small": "the image's short side is below min_side",
-    "too_large": "the image has more than max_pixels pixels (decompression-bomb guard)",
+    "too_large": "the image has more than max_pixels pixels (decompression-bomb guard), or its download is "
+                 "larger than download.max_bytes",
     "duplicate": "exact duplicate of an earlier image (content hash); its captions were merged into the kept one",
     "near_duplicate": "perceptual hash within near_duplicate_distance of an earlier image",
     "empty_caption": "caption missing, empty or whitespace only",
-    "bad_caption": "caption is not text: invalid UTF-8, control characters or a non-string value",
+    "bad_caption": "caption is not text: invalid UTF-8, control characters, a non-string value, or no letter at "
+                   "all (only digits, punctuation or symbols)",
     "caption_too_long": "caption longer than max_caption_chars (with long_captions=reject)",
     "missing_file": "the image (or its sidecar caption) does not exist or cannot be read",
     "unsafe_path": "the path escapes the dataset root (.., absolute, symlink, link member) or uses an unsupported scheme",
-    "bad_record": "the input record itself is malformed (e.g. a JSONL line that is not a JSON object)",
+    "bad_record": "the input record itself is malformed (a JSONL line that is not a JSON object, a corrupt tar)",
+    "download_failed": "the image URL could not be fetched: connection refused or reset, DNS, truncated body",
+    "http_error": "the image URL answered with an HTTP error status (after the retries for 5xx/429)",
+    "timeout": "the image URL did not answer within download.connect_timeout / read_timeout / total_timeout",
 }
 EXAMPLES_PER_REASON = 5
 
@@ -74,7 +79,8 @@ def clean_caption(raw: Any, max_chars: int, long_captions: str = "truncate") -> 
     """Return ``(caption, truncated)`` or raise Rejected.
 
     Bytes must be valid UTF-8; text is NFC-normalised, whitespace collapsed; C0/C1 control characters
-    (other than tab/newline/CR, which become spaces) and lone surrogates are rejected as ``bad_caption``.
+    (other than tab/newline/CR, which become spaces), lone surrogates and text without a single letter (in
+    any script) are rejected as ``bad_caption``.
     """
     if raw is None or (isinstance(raw, float) and raw != raw):  # None / NaN
         raise Rejected("empty_caption", "no caption")
@@ -96,6 +102,8 @@ def clean_caption(raw: Any, max_chars: int, long_captions: str = "truncate") -> 
     text = _SPACE.sub(" ", unicodedata.normalize("NFC", raw)).strip()
     if not text:
         raise Rejected("empty_caption", "caption is empty or whitespace")
+    if not any(ch.isalpha() for ch in text):
+        raise Rejected("bad_caption", f"no letter in {text[:40]!r} (only digits, punctuation or symbols)")
     if len(text) <= max_chars:
         return text, False
     if long_captions == "reject":
@@ -144,17 +152,22 @@ def safe_relpath(rel: str) -> str:
     return norm
 
 
+def is_url(ref: str) -> bool:
+    return ref[:8].lower().startswith(("http://", "https://"))
+
+
 def resolve_under(root: str, ref: str) -> str:
     """Resolve an image reference from a table/folder against ``root`` (local folder or s3:// prefix).
 
-    ``s3://`` references are allowed as is; relative paths must stay under ``root`` (after resolving
-    symlinks for local roots); absolute local paths are allowed only inside ``root``.
+    ``s3://`` and ``http(s)://`` references are allowed as is (URLs are downloaded by :mod:`vlm.data.fetch`);
+    relative paths must stay under ``root`` (after resolving symlinks for local roots); absolute local paths
+    are allowed only inside ``root``.
     """
     ref = str(ref).strip()
-    if ref.startswith("s3://"):
+    if ref.startswith("s3://") or is_url(ref):
         return ref
     if "://" in ref:
-        raise Rejected("unsafe_path", f"unsupported URI scheme in {ref!r} (only relative paths and s3://)")
+        raise Rejected("unsafe_path", f"unsupported URI scheme in {ref!r} (only relative paths, s3:// and http(s)://)")
     if root.startswith("s3://"):
         return root.rstrip("/") + "/" + safe_relpath(ref)
     root_real = os.path.realpath(root)

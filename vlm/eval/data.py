@@ -1,4 +1,5 @@
-"""Evaluation inputs: our WebDataset shards, COCO captions json or VQAv2 questions + annotations json.
+"""Evaluation inputs: our dataset shards (read through :mod:`vlm.data.format`), COCO captions json or VQAv2
+questions + annotations json.
 
 Every loader returns a list of :class:`EvalSample` plus counted rejections (missing or undecodable
 images...). Loaders are tried in :data:`LOADERS` order; add a format by writing a ``detect``/``load`` pair.
@@ -19,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from vlm import storage
+from vlm.data import format as fmt
 from vlm.eval.config import EvalConfig
 
 log = logging.getLogger(__name__)
@@ -51,30 +53,22 @@ def _parent(uri: str) -> str:
 
 # ------------------------------------------------------------------------------------------ our shards
 def _is_shards(uri: str) -> bool:
-    return uri.rstrip("/").endswith("manifest.json") or storage.exists(storage.join(uri, "manifest.json"))
+    return fmt.is_dataset(uri)
 
 
 def _load_shards(uri: str, cfg: EvalConfig) -> EvalData:
-    from vlm.data.reader import iter_samples
-
     samples, rejected = [], Counter()
-    for s in iter_samples(uri, split=cfg.split, rank=0, world_size=1, worker_id=0, num_workers=1):
-        meta = s.get("meta") or {}
+    for s in fmt.iter_samples(uri, split=cfg.split, rank=0, world_size=1, worker=0, num_workers=1, rejected=rejected):
+        meta = s["meta"]
         captions = [c for c in (meta.get("captions") or [meta.get("caption")]) if isinstance(c, str) and c.strip()]
-        qa = []
-        for item in meta.get("qa") or []:
-            answers = item.get("answers") if isinstance(item, dict) else None
-            if isinstance(answers, str):
-                answers = [answers]
-            if not item.get("question") or not answers:
-                rejected["bad_qa"] += 1
-                continue
-            qa.append({"question": item["question"], "answers": [str(a) for a in answers],
-                       "answer_type": item.get("answer_type") or item.get("type")})
-        samples.append(EvalSample(s["__key__"], s["image"], captions, qa, str(meta.get("source", ""))))
+        qa, bad = fmt.parse_qa(meta.get("qa"))
+        rejected["bad_qa"] += bad
+        samples.append(EvalSample(s["__key__"], s["image"], captions,
+                                  [{"question": q.question, "answers": list(q.answers), "answer_type": q.answer_type}
+                                   for q in qa], str(meta.get("source", ""))))
         if cfg.max_samples and len(samples) >= cfg.max_samples:
             break
-    return EvalData(samples, rejected, "shards")
+    return EvalData(samples, +rejected, "shards")
 
 
 # ------------------------------------------------------------------------------------------ COCO / VQAv2

@@ -1,7 +1,7 @@
 """Expert-label precomputation (Prismer's ensemble of frozen experts).
 
-``run_experts`` computes label shards aligned 1:1 with the data shards; ``iter_labelled`` /
-``join_experts`` join them back with the data for training. Experts live in ``vlm/experts/zoo/``.
+``run_experts`` computes label shards aligned 1:1 with the data shards; ``ExpertLabels`` looks them up by
+key (training attaches them with ``vlm.train.labels.ExpertAttacher``). Experts live in ``vlm/experts/zoo/``.
 """
 
 from vlm.experts.base import Batch, Expert, ExpertBrokenError, ExpertError, Label, PerImageExpert
@@ -10,7 +10,7 @@ from vlm.experts.registry import available, build, order, register, resolve
 
 __all__ = ["Batch", "Expert", "ExpertBrokenError", "ExpertError", "ExpertsConfig", "Label", "PerImageExpert",
            "available", "build", "order", "register", "resolve", "run_experts", "shard_groups",
-           "write_labels_index", "iter_labelled", "join_experts", "ExpertLabels"]
+           "write_labels_index", "ExpertLabels"]
 
 
 def __getattr__(name: str):
@@ -18,7 +18,7 @@ def __getattr__(name: str):
         from vlm.experts import runner
 
         return getattr(runner, name)
-    if name in ("iter_labelled", "join_experts", "ExpertLabels"):
+    if name == "ExpertLabels":
         from vlm.experts import loader
 
         return getattr(loader, name)

@@ -24,19 +24,19 @@ from vlm import storage
 from vlm.experts import registry
 from vlm.experts.base import Batch, Expert, ExpertBrokenError, ExpertError, Failure, Label, check_label
 from vlm.experts.config import ExpertsConfig
-from vlm.experts.shards import (MANIFEST, DataShard, LabelShardWriter, decode_image, iter_tar, list_data_shards,
-                                read_label_shard)
+from vlm.data import format as fmt
+from vlm.data.format import ShardRef
+from vlm.experts.shards import LabelShardWriter, decode_image, read_label_shard
 
 log = logging.getLogger(__name__)
 
-LABELS_INDEX = "labels.json"
+LABELS_INDEX = fmt.LABELS_INDEX
 MARKER_SUFFIX = ".done.json"
 MAX_REASON = 500
 
 
 # --------------------------------------------------------------------------------------- layout
-def label_shard_uri(labels_uri: str, expert: str, shard: str) -> str:
-    return storage.join(labels_uri, expert, shard)
+label_shard_uri = fmt.label_shard_uri
 
 
 def marker_uri(labels_uri: str, expert: str, shard: str) -> str:
@@ -70,7 +70,7 @@ def shard_groups(data_uri: str, n: int) -> list[list[str]]:
     n = int(n)  # kfp may hand integers over as floats
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    shards = list_data_shards(data_uri)
+    shards = fmt.find_shards(data_uri)
     n = min(n, len(shards))
     sizes = [s.num_samples if s.num_samples is not None else 1 for s in shards]
     total = sum(sizes)
@@ -86,7 +86,7 @@ def shard_groups(data_uri: str, n: int) -> list[list[str]]:
 
 @dataclass
 class _Plan:
-    shard: DataShard
+    shard: ShardRef
     todo: list[str]                       # experts to compute for this shard, in dependency order
     load: dict[str, str] = field(default_factory=dict)  # dependency expert -> label shard URI to read
 
@@ -180,10 +180,12 @@ def _process_shard(plan: _Plan, labels_uri: str, cfg: ExpertsConfig, device: str
         keys: list[str] = []
         images: list[np.ndarray] = []
         empty = plan.shard.num_samples == 0 and not storage.exists(plan.shard.uri)
-        for key, group in (iter(()) if empty else iter_tar(plan.shard.uri)):
+        # verified against the manifest's sha256 first: labels are never computed from a damaged shard
+        for sample in (iter(()) if empty else fmt.iter_shard(plan.shard, verify=True)):
+            key = sample["__key__"]
             seen += 1
             try:
-                img = decode_image(group, cfg.resolution)
+                img = decode_image(sample, cfg.resolution)
             except Exception as exc:  # noqa: BLE001 - bad data is recorded, not fatal
                 for name in plan.todo:
                     failures[name].append(Failure(key, name, f"undecodable image: {_reason(exc)}"))
@@ -255,7 +257,7 @@ def run_experts(data_uri: str, labels_uri: str, experts: list[str], cfg: Experts
     _STATS.clear()
     if not experts:
         raise ExpertError("no experts requested")
-    all_shards = list_data_shards(data_uri)
+    all_shards = fmt.find_shards(data_uri)
     by_name = {s.name: s for s in all_shards}
     if shards is not None:
         unknown = [s for s in shards if s not in by_name]
@@ -343,15 +345,11 @@ def run_experts(data_uri: str, labels_uri: str, experts: list[str], cfg: Experts
 
 def write_labels_index(data_uri: str, labels_uri: str, max_failures: int = 10_000) -> dict[str, Any]:
     """Rebuild ``{labels_uri}/labels.json`` from the shard markers (safe to call any time, e.g. after a fan-out)."""
-    shards = list_data_shards(data_uri)
+    shards = fmt.find_shards(data_uri)
     names = [s.name for s in shards]
     markers = read_markers(labels_uri)
-    try:
-        manifest_bytes = storage.read_bytes(storage.join(data_uri, MANIFEST))
-        manifest = json.loads(manifest_bytes)
-        manifest_sha = storage.sha256_bytes(manifest_bytes)
-    except FileNotFoundError:
-        manifest, manifest_sha = {}, None
+    manifest_sha = fmt.manifest_sha256(data_uri)
+    dataset = fmt.read_manifest(data_uri).name if manifest_sha else None
     experts: dict[str, Any] = {}
     for name, per_shard in sorted(markers.items()):
         done = [s for s in names if s in per_shard]
@@ -363,8 +361,8 @@ def write_labels_index(data_uri: str, labels_uri: str, max_failures: int = 10_00
                          "complete": len(done) == len(names), "samples": sum(m["samples"] for m in ms),
                          "labelled": sum(m["labelled"] for m in ms), "failed": len(failures),
                          "failures": failures[:max_failures]}
-    index = {"format": 1, "data": {"uri": str(data_uri), "manifest_sha256": manifest_sha,
-                                   "dataset": manifest.get("name") or manifest.get("dataset"), "shards": names},
+    index = {"format": 1, "data": {"uri": str(data_uri), "manifest_sha256": manifest_sha, "dataset": dataset,
+                                   "shards": names},
              "experts": experts}
-    storage.write_text(storage.join(labels_uri, LABELS_INDEX), json.dumps(index, indent=1))
+    fmt.write_labels_index(labels_uri, index)
     return index

@@ -1,110 +1,26 @@
-"""Reading data shards and reading/writing label shards (WebDataset tar files, local or S3).
+"""Expert images in, label maps out: decoding data samples and encoding/decoding label shards.
 
-Data shards: ``{split}-{index:06d}.tar`` with ``{key}.jpg|png|webp`` + ``{key}.json``, listed in
-``manifest.json`` (``shards: [{name, num_samples, sha256}]``). Label shards: ``{expert}/{same name}.tar`` with
-``{key}.{expert}.png`` (uint8 map) and, for experts with metadata, ``{key}.{expert}.json``.
+The formats are :mod:`vlm.data.format`'s (``docs/formats.md``): data shards are read with its reader, and
+label shards ``{expert}/{data shard name}`` with ``{key}.{expert}.png`` (uint8 map) and, for experts with
+metadata, ``{key}.{expert}.json`` are written with its :class:`~vlm.data.format.ShardWriter`.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import logging
-import os
-import tarfile
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from vlm import storage
-
-log = logging.getLogger(__name__)
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-MANIFEST = "manifest.json"
+from vlm.data import format as fmt
 
 
-@dataclass(frozen=True)
-class DataShard:
-    name: str  # e.g. "train-000000.tar"
-    uri: str
-    num_samples: int | None = None
-    sha256: str | None = None
-
-    @property
-    def stem(self) -> str:
-        return self.name[: -len(".tar")] if self.name.endswith(".tar") else self.name
-
-
-def read_manifest(data_uri: str) -> dict[str, Any] | None:
-    uri = storage.join(data_uri, MANIFEST)
-    try:
-        return json.loads(storage.read_text(uri))
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{uri}: not valid JSON: {exc}") from None
-
-
-def list_data_shards(data_uri: str) -> list[DataShard]:
-    """The dataset's shards in manifest order (or sorted ``*.tar`` names when there is no manifest)."""
-    manifest = read_manifest(data_uri)
-    if manifest is not None:
-        entries = manifest.get("shards")
-        if not isinstance(entries, list):
-            raise ValueError(f"{storage.join(data_uri, MANIFEST)}: 'shards' must be a list of {{name, num_samples, sha256}}")
-        shards = []
-        for e in entries:
-            if not isinstance(e, dict) or "name" not in e:
-                raise ValueError(f"{storage.join(data_uri, MANIFEST)}: bad shard entry {e!r}")
-            shards.append(DataShard(e["name"], storage.join(data_uri, e["name"]), e.get("num_samples"), e.get("sha256")))
-        return shards
-    uris = [u for u in storage.list_uris(data_uri, recursive=False) if u.endswith(".tar")]
-    if not uris:
-        raise FileNotFoundError(f"no data shards under {data_uri!r} (no manifest.json and no *.tar)")
-    log.warning("%s has no manifest.json; using the %d *.tar files in name order", data_uri, len(uris))
-    return [DataShard(u.replace("\\", "/").rsplit("/", 1)[-1], u) for u in uris]
-
-
-def split_name(member: str) -> tuple[str, str]:
-    """WebDataset convention: ``dir/abc.edges.png`` -> ``("dir/abc", "edges.png")``."""
-    slash = member.rfind("/")
-    dot = member.find(".", slash + 1)
-    return (member, "") if dot < 0 else (member[:dot], member[dot + 1 :])
-
-
-def iter_tar(uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {ext: bytes})`` for each sample of a tar (streamed; members of a key must be adjacent)."""
-    with storage.open_read(uri) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-        key: str | None = None
-        group: dict[str, bytes] = {}
-        for info in tar:
-            if not info.isfile():
-                continue
-            k, ext = split_name(info.name)
-            if not ext:  # not a sample member (WebDataset members are always key.ext)
-                continue
-            data = tar.extractfile(info).read()  # type: ignore[union-attr]
-            if k != key:
-                if key is not None:
-                    yield key, group
-                key, group = k, {}
-            group[ext] = data
-        if key is not None:
-            yield key, group
-
-
-def decode_image(group: dict[str, bytes], max_side: int | None = None) -> np.ndarray:
-    """The sample's image as RGB uint8 HxWx3, shrunk so its long side is at most ``max_side``."""
+def decode_image(sample: dict[str, Any], max_side: int | None = None) -> np.ndarray:
+    """A raw data sample's image as RGB uint8 HxWx3, shrunk so its long side is at most ``max_side``."""
     from PIL import Image
 
-    ext = next((e for e in IMAGE_EXTS if e in group), None)
-    if ext is None:
-        raise ValueError(f"no image member (expected one of {', '.join(IMAGE_EXTS)}; got {', '.join(sorted(group))})")
-    with Image.open(io.BytesIO(group[ext])) as im:
+    _, data = fmt.image_member(sample)
+    with Image.open(io.BytesIO(data)) as im:
         im = im.convert("RGB")
         if max_side and max(im.size) > max_side:
             scale = max_side / max(im.size)
@@ -135,51 +51,39 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 class LabelShardWriter:
-    """Writes one expert's label shard to a local temporary tar, uploaded atomically on :meth:`commit`."""
+    """One expert's label shard; it appears at ``uri`` only on :meth:`commit` (nothing on :meth:`abort`)."""
 
     def __init__(self, uri: str, expert: str):
         self.uri, self.expert = uri, expert
-        fd, self._path = tempfile.mkstemp(prefix="vlm-labels-", suffix=".tar", dir=os.environ.get("VLM_SPOOL_DIR"))
-        os.close(fd)
-        self._tar = tarfile.open(self._path, "w", format=tarfile.PAX_FORMAT)
-        self.count = 0
+        self._writer = fmt.ShardWriter(uri)
 
-    def _add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), 0, 0o644
-        self._tar.addfile(info, io.BytesIO(data))
+    @property
+    def count(self) -> int:
+        return self._writer.count
 
     def add(self, key: str, arr: np.ndarray, meta: dict[str, Any] | None = None) -> None:
-        self._add(f"{key}.{self.expert}.png", encode_png(arr))
-        if meta is not None:
-            self._add(f"{key}.{self.expert}.json", json.dumps(meta, separators=(",", ":")).encode())
-        self.count += 1
+        self._writer.write(key, fmt.label_members(self.expert, encode_png(arr), meta))
 
     def commit(self) -> None:
-        self._tar.close()
-        try:
-            storage.upload_file(self._path, self.uri)
-        finally:
-            self.abort()
+        self._writer.commit()
 
     def abort(self) -> None:
-        if not self._tar.closed:
-            self._tar.close()
-        if os.path.exists(self._path):
-            os.unlink(self._path)
+        self._writer.abort()
 
 
 def read_label_shard(uri: str, expert: str, with_meta: bool = False) -> dict[str, Any]:
     """``key -> map`` (or ``key -> (map, meta)`` with ``with_meta``) for one label shard."""
+    import json
+
     out: dict[str, Any] = {}
-    for key, group in iter_tar(uri):
-        png = group.get(f"{expert}.png")
+    for sample in fmt.iter_shard(uri):
+        png = sample.get(f"{expert}.png")
         if png is None:
             continue
         arr = decode_png(png)
         if with_meta:
-            meta = group.get(f"{expert}.json")
-            out[key] = (arr, json.loads(meta) if meta else None)
+            meta = sample.get(f"{expert}.json")
+            out[sample["__key__"]] = (arr, json.loads(meta) if meta else None)
         else:
-            out[key] = arr
+            out[sample["__key__"]] = arr
     return out

@@ -1,34 +1,33 @@
-"""Training data: WebDataset shards -> samples -> task examples, as a deterministic, resumable stream.
+"""Training data: dataset shards -> samples -> task examples, as a deterministic, resumable stream.
 
 The stream is infinite (epoch after epoch, each reshuffled with ``seed + epoch``), split across ranks and
-dataloader workers without duplicates, and addressed by position: the n-th example a rank sees depends only
-on ``(seed, rank, world_size, n)``. A checkpoint stores ``n``; resuming rebuilds the stream and skips ``n``
-examples (only keys are read for skipped samples; images are decoded for this rank's samples only).
+dataloader workers without duplicates, and addressed by position: the n-th example a rank's worker sees
+depends only on ``(seed, rank, world_size, worker, num_workers, n)``. A checkpoint stores ``n``; resuming
+rebuilds the stream and skips ``n`` examples (only the json is read for skipped samples; images are decoded
+for this worker's samples only). Reading, partitioning and shuffling are :class:`vlm.data.format.ShardStream`
+(the one shard reader); damaged shards and undecodable samples are counted in ``rejected`` by reason.
 
-Samples follow ../shared/DESIGN.md: ``{key}.jpg|png|webp`` + ``{key}.json`` (caption, captions, qa, ...).
 For a model with expert inputs, an :class:`vlm.train.labels.ExpertAttacher` adds each sample's expert maps by
 key after decoding (skipped samples never touch the labels, so positions are unchanged).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import random
-import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from vlm import storage
+from vlm.data import format as fmt
+from vlm.data.format import decode
 
 if TYPE_CHECKING:
     from vlm.train.labels import ExpertAttacher
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+__all__ = ["DataError", "list_shards", "decode", "SampleStream", "ExampleBuilder", "ExampleStream", "eval_examples"]
 
 
 class DataError(RuntimeError):
@@ -37,72 +36,18 @@ class DataError(RuntimeError):
 
 def list_shards(data_uri: str, split: str) -> list[str]:
     """Shard URIs of ``split`` under ``data_uri`` (``{split}-{index:06d}.tar``), in index order."""
-    manifest_uri = storage.join(data_uri, "manifest.json")
-    names: list[str] = []
-    if storage.exists(manifest_uri):
-        try:
-            manifest = json.loads(storage.read_text(manifest_uri))
-            shards = manifest.get("shards", [])
-            items = shards.items() if isinstance(shards, dict) else [(s.get("name") or s.get("path") or s.get("file"), s)
-                                                                        for s in shards if isinstance(s, dict)]
-            names = [str(n) for n, _ in items if n and str(n).rsplit("/", 1)[-1].startswith(f"{split}-")]
-        except (ValueError, AttributeError) as exc:
-            log.warning("%s is not a readable manifest (%s); listing shards instead", manifest_uri, exc)
-    if names:
-        return sorted(n if "://" in n or n.startswith("/") else storage.join(data_uri, n) for n in names)
-    return sorted(u for u in storage.list_uris(data_uri) if u.rsplit("/", 1)[-1].startswith(f"{split}-")
-                  and u.endswith(".tar"))
-
-
-def _split_key(name: str) -> tuple[str, str]:
-    base = name.rsplit("/", 1)[-1]
-    key, _, ext = base.partition(".")
-    prefix = name[: len(name) - len(base)]
-    return prefix + key, ext.lower()
-
-
-def iter_raw(shard_uri: str) -> Iterator[dict[str, bytes | str]]:
-    """Raw samples of one shard: ``{"__key__": key, ext: bytes, ...}``, members grouped by key."""
-    with storage.open_read(shard_uri) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-        current: dict[str, Any] | None = None
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, ext = _split_key(member.name)
-            data = tar.extractfile(member).read()  # type: ignore[union-attr]
-            if current is not None and current["__key__"] != key:
-                yield current
-                current = None
-            if current is None:
-                current = {"__key__": key, "__shard__": shard_uri}
-            current[ext] = data
-        if current is not None:
-            yield current
-
-
-def decode(raw: dict[str, Any]) -> dict[str, Any]:
-    """Raw members -> ``{"__key__", "image": PIL RGB, "meta": dict}`` (the reader's sample contract)."""
-    from PIL import Image
-
-    ext = next((e for e in IMAGE_EXTS if e in raw), None)
-    if ext is None:
-        raise ValueError("no image member")
-    if "json" not in raw:
-        raise ValueError("no json member")
-    image = Image.open(io.BytesIO(raw[ext]))
-    image.load()
-    meta = json.loads(raw["json"])
-    if not isinstance(meta, dict):
-        raise ValueError("json member is not an object")
-    return {"__key__": raw["__key__"], "image": image.convert("RGB"), "meta": meta}
+    try:
+        return [s.uri for s in fmt.find_shards(data_uri, split)]
+    except FileNotFoundError:
+        return []
 
 
 class SampleStream:
-    """Infinite, deterministic stream of decoded samples for one rank (and one dataloader worker).
+    """Infinite, deterministic stream of raw samples for one rank (and one dataloader worker).
 
-    Epoch ``e`` visits the shards in an order shuffled by ``seed + e``. With at least ``world_size``
-    shards, shards are dealt to ranks round-robin; otherwise samples are. A shuffle buffer (seeded per
-    epoch and rank) mixes samples. ``skip`` examples are passed over without decoding images.
+    Epoch ``e`` visits the shards in an order shuffled by ``(seed, e)``. Shards are dealt to the
+    ``world_size x num_workers`` consumers round-robin when there are enough, else samples are
+    (:func:`vlm.data.format.partition`). A shuffle buffer (seeded per epoch and consumer) mixes samples.
     """
 
     def __init__(self, shards: list[str], rank: int = 0, world_size: int = 1, seed: int = 0,
@@ -112,54 +57,16 @@ class SampleStream:
         self.shards, self.rank, self.world_size = list(shards), rank, world_size
         self.seed, self.shuffle_buffer, self.infinite = seed, shuffle_buffer, infinite
         self.worker, self.num_workers = worker, num_workers
-        self.rejected: Counter[str] = Counter()
-
-    def _epoch_raw(self, epoch: int) -> Iterator[dict[str, Any]]:
-        order = list(self.shards)
-        if self.infinite:
-            random.Random(self.seed + epoch).shuffle(order)
-        by_shard = len(order) >= self.world_size
-        if by_shard:
-            order = order[self.rank :: self.world_size]
-        i = 0
-        for shard in order:
-            for raw in iter_raw(shard):
-                if by_shard or i % self.world_size == self.rank:
-                    yield raw
-                i += 1
-
-    def _shuffled(self, epoch: int) -> Iterator[dict[str, Any]]:
-        it = self._epoch_raw(epoch)
-        if self.shuffle_buffer <= 1:
-            yield from it
-            return
-        rng = random.Random(f"{self.seed}-{epoch}-{self.rank}")
-        buf: list[dict[str, Any]] = []
-        for raw in it:
-            buf.append(raw)
-            if len(buf) >= self.shuffle_buffer:
-                j = rng.randrange(len(buf))
-                buf[j], buf[-1] = buf[-1], buf[j]
-                yield buf.pop()
-        rng.shuffle(buf)
-        yield from buf
+        self._stream = fmt.ShardStream(self.shards, rank * num_workers + worker, world_size * num_workers, seed,
+                                       shuffle_shards=infinite, shuffle_buffer=shuffle_buffer, resample=infinite)
+        self.rejected: Counter[str] = self._stream.rejected
 
     def iter_raw(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """``(epoch, raw sample)`` pairs of this rank (and worker), forever when ``infinite``."""
-        epoch = 0
-        n = 0
-        while True:
-            produced = False
-            for raw in self._shuffled(epoch):
-                produced = True
-                if n % self.num_workers == self.worker:
-                    yield epoch, raw
-                n += 1
-            if not produced:
-                raise DataError(f"rank {self.rank} got no samples from {len(self.shards)} shard(s)")
-            if not self.infinite:
-                return
-            epoch += 1
+        try:
+            yield from self._stream
+        except fmt.FormatError as exc:
+            raise DataError(f"rank {self.rank} worker {self.worker}: {exc}") from None
 
 
 class ExampleBuilder:
@@ -206,15 +113,7 @@ class ExampleBuilder:
 
 
 def _qa_pairs(meta: dict[str, Any]) -> list[tuple[str, str]]:
-    pairs = []
-    for qa in meta.get("qa") or []:
-        if not isinstance(qa, dict):
-            continue
-        q = qa.get("question")
-        answers = qa.get("answers") or ([qa["answer"]] if qa.get("answer") else [])
-        if isinstance(q, str) and q.strip() and answers and isinstance(answers[0], str) and answers[0].strip():
-            pairs.append((q.strip(), Counter(answers).most_common(1)[0][0].strip()))
-    return pairs
+    return [(qa.question, qa.answer) for qa in fmt.parse_qa(meta.get("qa"))[0]]
 
 
 class ExampleStream:
@@ -236,21 +135,21 @@ class ExampleStream:
         n = 0
         for epoch, raw in self.samples.iter_raw():
             try:  # cheap pre-check on the json so that skipped samples need no image decode
-                meta = json.loads(raw["json"]) if "json" in raw else None
-            except ValueError:
+                meta = fmt.sample_meta(raw)
+            except fmt.SampleError:
                 meta = None
-            if not isinstance(meta, dict) or not self.builder.candidates(meta):
+            if meta is None or not self.builder.candidates(meta):
                 if n >= skip:  # count once, not again while skipping after a resume
-                    self.samples.rejected["bad_json" if not isinstance(meta, dict) else "no_task_annotation"] += 1
+                    self.samples.rejected["bad_json" if meta is None else "no_task_annotation"] += 1
                 continue
             n += 1
             if n <= skip:
                 continue
             try:
                 sample = decode(raw)
-            except Exception as exc:  # noqa: BLE001 - any decode failure is a counted rejection
-                self.samples.rejected["undecodable"] += 1
-                log.warning("rejected sample %s: %s", raw.get("__key__"), exc)
+            except fmt.SampleError as exc:
+                self.samples.rejected[exc.reason] += 1
+                log.warning("rejected sample %s of %s: %s", raw["__key__"], raw["__shard__"], exc)
                 continue
             if self.labels is not None:
                 sample = self.labels.attach(sample, raw.get("__shard__"))
@@ -268,12 +167,12 @@ def eval_examples(data_uri: str, split: str, n: int, tasks: list[str], instructi
         return []
     out: list[dict[str, Any]] = []
     builder = ExampleBuilder(tasks, [instruction], seed)
-    for raw in (r for s in shards for r in iter_raw(s)):
+    for _, raw in fmt.ShardStream(shards):
         if len(out) >= n:
             break
         try:
             sample = decode(raw)
-        except Exception:  # noqa: BLE001
+        except fmt.SampleError:
             continue
         if labels is not None:
             sample = labels.attach(sample, raw.get("__shard__"))

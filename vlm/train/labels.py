@@ -1,7 +1,7 @@
 """Prismer expert labels for training: which labels feed each of the model's expert inputs, attached by key.
 
 The model names its expert inputs in ``model.experts`` (e.g. ``["edges", "normals_x"]``); the labels URI
-(``vlm experts`` output, ../shared/DESIGN.md) holds one folder per expert plus ``labels.json``. A model input
+(``vlm experts`` output, ``docs/formats.md``) holds one folder per expert plus ``labels.json``. A model input
 is served by the expert of the same name, or, for ``{expert}_x|_y|_z``, by one channel of a three-channel
 expert (``normals``), as in :mod:`vlm.experts.loader`. Lookups go through
 :class:`vlm.experts.loader.ExpertLabels`: by the aligned label shard when the data shards are the ones the
@@ -13,7 +13,6 @@ that expert (the model's ``experts_present`` is then false) and is counted in :a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -22,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from vlm import storage
+from vlm.data import format as fmt
 
 log = logging.getLogger(__name__)
 
-LABELS_INDEX = "labels.json"
+LABELS_INDEX = fmt.LABELS_INDEX
 AXES = "xyz"
 
 
@@ -35,17 +35,13 @@ class ExpertLabelsError(ValueError):
 
 def read_index(labels_uri: str) -> dict[str, Any]:
     """``labels.json`` of a labels URI, or a clear :class:`ExpertLabelsError`."""
-    uri = storage.join(labels_uri, LABELS_INDEX)
     try:
-        index = json.loads(storage.read_text(uri))
+        return fmt.read_labels_index(labels_uri)
     except FileNotFoundError:
         raise ExpertLabelsError(f"expert labels {labels_uri}: no {LABELS_INDEX} (compute the labels with "
                                 "`vlm experts` first, or check the --labels / train.labels URI)") from None
-    except ValueError as exc:
-        raise ExpertLabelsError(f"{uri} is not valid JSON: {exc}") from None
-    if not isinstance(index.get("experts"), dict):
-        raise ExpertLabelsError(f"{uri} has no 'experts' mapping; it is not a labels index")
-    return index
+    except fmt.FormatError as exc:
+        raise ExpertLabelsError(str(exc)) from None
 
 
 def label_sources(index: dict[str, Any], labels_uri: str, names: list[str]) -> dict[str, tuple[str, int | None]]:
@@ -84,10 +80,7 @@ def aligned(index: dict[str, Any], data_uri: str) -> bool:
     """Were the labels computed from these very data shards (so label shards match data shards by name)?"""
     data = index.get("data") or {}
     theirs = data.get("manifest_sha256")
-    try:
-        mine = storage.sha256_bytes(storage.read_bytes(storage.join(data_uri, "manifest.json")))
-    except FileNotFoundError:
-        mine = None
+    mine = fmt.manifest_sha256(data_uri)
     if theirs and mine:
         return theirs == mine
     return bool(data.get("uri")) and _norm(data["uri"]) == _norm(data_uri)

@@ -15,16 +15,18 @@ import json
 from collections import Counter, defaultdict
 from typing import Any
 
-from vlm.train.data import decode, iter_raw, list_shards
+from vlm.data import format as fmt
 
 
-def _qa(data_uri: str, split: str, limit: int | None = None):
-    for shard in list_shards(data_uri, split):
-        for raw in iter_raw(shard):
-            meta = json.loads(raw.get("json", b"{}"))
-            for qa in meta.get("qa") or []:
-                if qa.get("question") and qa.get("answers"):
-                    yield raw, qa["question"], Counter(qa["answers"]).most_common(1)[0][0]
+def _qa(data_uri: str, split: str):
+    """``(raw sample, question, majority answer)`` for every valid QA record of ``split``."""
+    for raw in fmt.iter_samples(data_uri, split, decoded=False, rank=0, world_size=1, worker=0, num_workers=1):
+        try:
+            qa, _ = fmt.parse_qa(fmt.sample_meta(raw).get("qa"))
+        except fmt.SampleError:
+            continue
+        for item in qa:
+            yield raw, item.question, item.answer
 
 
 def vqa_probe(model_uri: str, data_uri: str, split: str = "test", n: int = 300, batch_size: int = 16,
@@ -47,7 +49,10 @@ def vqa_probe(model_uri: str, data_uri: str, split: str = "test", n: int = 300, 
     for raw, q, a in _qa(data_uri, split):
         if raw["__key__"] not in seen and rng.random() < 0.5:
             seen.add(raw["__key__"])
-            items.append((decode(raw)["image"], q, a))
+            try:
+                items.append((fmt.decode(raw)["image"], q, a))
+            except fmt.SampleError:
+                continue
         if len(items) >= n:
             break
     model = load(model_uri)

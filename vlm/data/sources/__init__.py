@@ -39,5 +39,5 @@ def open_source(uri: str, cfg: ShardConfig) -> Source:
         cls = SOURCES.get(name)
         if cls is not None and not cls.builtin and cls.accepts(uri):
             return cls(uri, cfg)
-    raise InputError(f"cannot read input {uri!r}: not found, or not a .jsonl/.csv/.parquet file, a folder of "
+    raise InputError(f"cannot read input {uri!r}: not found, or not a .jsonl/.csv/.parquet/.arrow file, a folder of "
                      "images with .txt captions, WebDataset .tar files (folder or glob), or builtin:<name>")

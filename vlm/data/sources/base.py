@@ -7,6 +7,7 @@ class; ``open_source`` finds it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -41,6 +42,7 @@ class Source:
 
     name: ClassVar[str] = ""
     builtin: ClassVar[bool] = False  # reachable as builtin:<name>
+    io_threads: int = 1  # concurrent read_image calls per worker process (URL downloads: many)
 
     def __init__(self, uri: str, cfg: ShardConfig):
         self.uri = uri
@@ -53,6 +55,14 @@ class Source:
 
     def records(self) -> Iterator[Record]:
         raise NotImplementedError
+
+    def count(self) -> int:
+        """Number of records (partition planning). Override where it can be had without listing them."""
+        return sum(1 for _ in self.records())
+
+    def iter_range(self, start: int, stop: int | None) -> Iterator[Record]:
+        """Records ``start`` (inclusive) to ``stop`` (exclusive) of :meth:`records`, in order."""
+        return itertools.islice(self.records(), start, stop)
 
     def read_image(self, record: Record) -> bytes:
         raise NotImplementedError

@@ -1,8 +1,10 @@
 """Existing WebDataset tars: a ``.tar`` file, a folder/prefix of them, or a glob / brace pattern
 (``data/train-*.tar``, ``s3://b/p/shard-{000000..000009}.tar``). Members are grouped into samples by
-key (path up to the first dot of the file name); the caption comes from ``.txt`` or the ``.json``'s
-``caption``/``captions``; other json fields pass through. Link members and member names that escape
-the archive root are rejected as ``unsafe_path``."""
+key (path up to the first dot of the file name, :func:`vlm.data.format.scan_tar`); the caption comes from
+``.txt`` or the ``.json``'s ``caption``/``captions``; other json fields pass through. A sample with any
+link member or member name that escapes the archive root is one ``unsafe_path`` rejection (however many
+of its members are unsafe); in a truncated or corrupt tar the samples before the damage are kept and the
+damaged one is a ``bad_record``."""
 
 from __future__ import annotations
 
@@ -10,15 +12,14 @@ import fnmatch
 import glob
 import json
 import os
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
 from vlm import storage
+from vlm.data.format import IMAGE_EXTS, ShardError, TarSample, read_member, scan_tar
 from vlm.data.sources.base import InputError, Record, Source, register
-from vlm.data.validate import Rejected, safe_relpath
+from vlm.data.validate import Rejected
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 GLOB_CHARS = "*?[{"
 RESERVED = ("caption", "captions", "width", "height", "orig_width", "orig_height", "source", "ref")
 
@@ -67,70 +68,42 @@ class WebDatasetSource(Source):
         for uri in self.tars:
             path = str(storage.local_copy(uri))
             name = uri.rstrip("/").rsplit("/", 1)[-1]
-            try:
-                tf = tarfile.open(path, "r:*")
-            except (tarfile.TarError, OSError) as exc:
-                raise InputError(f"cannot read tar {uri}: {exc}") from None
-            with tf:
-                yield from self._samples(tf, path, name)
+            for item in scan_tar(path):
+                if isinstance(item, ShardError):
+                    yield Record(ref=name, error=("bad_record", f"tar {name}: {item.detail}"))
+                else:
+                    yield self._record(item, path, name)
 
-    def _samples(self, tf: tarfile.TarFile, path: str, name: str) -> Iterator[Record]:
-        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-        order: list[str] = []
+    def _record(self, sample: TarSample, path: str, name: str) -> Record:
+        ref, files = f"{name}:{sample.key}", sample.members
+        if sample.unsafe:
+            return Record(ref=ref, error=("unsafe_path", "; ".join(sample.unsafe)))
+        if sample.incomplete:
+            return Record(ref=ref, error=("bad_record", f"{sample.incomplete}: this last sample may be incomplete"))
+        ext = next((e for e in IMAGE_EXTS if e in files), None)
+        if ext is None:
+            return Record(ref=ref, error=("missing_file", f"no image member ({'/'.join(IMAGE_EXTS)})"))
+        caption: Any = None
+        extra: dict[str, Any] = {}
         try:
-            members = tf.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise InputError(f"tar {name} is corrupt: {exc}") from None
-        for m in members:
-            if m.isdir():
-                continue
-            ref = f"{name}:{m.name}"
-            try:
-                rel = safe_relpath(m.name)
-                if not m.isfile():
-                    raise Rejected("unsafe_path", f"{m.name!r} is a link or special file")
-            except Rejected as exc:
-                yield Record(ref=ref, error=(exc.reason, exc.detail))
-                continue
-            base = rel.rsplit("/", 1)[-1]
-            if "." not in base:
-                continue
-            key = rel[: len(rel) - len(base)] + base.split(".", 1)[0]
-            ext = base.split(".", 1)[1].lower()
-            if key not in groups:
-                groups[key] = {}
-                order.append(key)
-            groups[key][ext] = m
-        for key in order:
-            files = groups[key]
-            ref = f"{name}:{key}"
-            ext = next((e for e in IMAGE_EXTS if e in files), None)
-            if ext is None:
-                yield Record(ref=ref, error=("missing_file", f"no image member ({'/'.join(IMAGE_EXTS)})"))
-                continue
-            caption: Any = None
-            extra: dict[str, Any] = {}
-            error = None
             if "json" in files:
                 try:
-                    meta = json.loads(tf.extractfile(files["json"]).read())
+                    meta = json.loads(read_member(path, files["json"]))
                     if not isinstance(meta, dict):
                         raise ValueError("not a JSON object")
-                    caption = meta.get("captions") or meta.get("caption")
-                    extra = {k: v for k, v in meta.items() if k not in RESERVED}
                 except (ValueError, UnicodeDecodeError) as exc:
-                    error = ("bad_record", f"{key}.json: {exc}")
+                    return Record(ref=ref, error=("bad_record", f"{sample.key}.json: {exc}"))
+                caption = meta.get("captions") or meta.get("caption")
+                extra = {k: v for k, v in meta.items() if k not in RESERVED}
             if "txt" in files:
-                caption = tf.extractfile(files["txt"]).read()
-            img = files[ext]
-            yield Record(ref=ref, locator=(path, img.offset_data, img.size), caption=caption, extra=extra,
-                         error=error)
+                caption = read_member(path, files["txt"])
+        except ShardError as exc:
+            return Record(ref=ref, error=("bad_record", exc.detail))
+        return Record(ref=ref, locator=(path, files[ext]), caption=caption, extra=extra)
 
     def read_image(self, record: Record) -> bytes:
-        path, offset, size = record.locator
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(size)
-        if len(data) != size:
-            raise Rejected("undecodable", f"member truncated ({len(data)} of {size} bytes)")
-        return data
+        path, member = record.locator
+        try:
+            return read_member(path, member)
+        except ShardError as exc:
+            raise Rejected("undecodable", exc.detail) from None
