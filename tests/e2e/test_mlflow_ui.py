@@ -48,6 +48,8 @@ def demo_store(tmp_path_factory):
         mp.setenv("OMP_NUM_THREADS", "1")
         run = steps.prepare(config_yaml, run_tag="ui-check")
         config_uri, parent = run["config_uri"], run["parent_run_id"]
+        for partition in steps.shard_partitions(config_uri, run["data"]):  # the pipeline's fan-out, in line
+            steps.shard_partition(config_uri, run["data"], partition)
         steps.shard(config_uri, run["data"], parent)
         mp.setenv(tracking.PARENT_ENV, parent)  # what the pipeline hands torchrun
         trained = train(load_config(config_uri), "pretrain", run["data"], run["pretrain"])
