@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vlm import storage
+from vlm.align.config import stage_two_train_config
 from vlm.train import dist
 from vlm.train.checkpoint import CheckpointManager
 from vlm.train.config import TrainConfig
@@ -36,14 +37,13 @@ MODEL_KEYS = ("image", "instruction", "answer", "prompt", "experts")
 # ----------------------------------------------------------------------------------- resolution
 def stage_config(cfg, stage: str) -> TrainConfig:
     """The TrainConfig of ``stage``: ``train`` for pretrain; for finetune ``align.finetune`` as stage two uses it
-    (MiniGPT-4's tasks and instructions, `vlm.align.tune.stage_two_config`), whichever entry point runs it."""
+    (MiniGPT-4's tasks and instructions, :func:`vlm.align.config.stage_two_train_config`), whichever entry point
+    runs it."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     if stage == "pretrain":
         return cfg.train
-    from vlm.align.tune import stage_two_config
-
-    return stage_two_config(cfg).align.finetune
+    return stage_two_train_config(cfg.align)
 
 
 def _parent(uri: str) -> str:
