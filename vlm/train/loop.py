@@ -247,11 +247,11 @@ def train(cfg, stage: str = "pretrain", data_uri: str | None = None, output_uri:
                 raise RuntimeError(f"{storage.join(ckpt_uri, tag)} is a {state['stage']!r} checkpoint, not {stage!r}: "
                                    "give this stage its own train.checkpoint_dir")
             model.load_trainable_state_dict(ckpt.read_weights(folder))
-            rank_state = ckpt.read_rank_state(folder)
-            if state.get("world_size") != info.world_size:
+            if state.get("world_size") == info.world_size:
+                rank_state = ckpt.read_rank_state(folder)
+            else:
                 log.warning("checkpoint %s was written by %s processes, now %d: data positions restart",
                             tag, state.get("world_size"), info.world_size)
-                rank_state = None
             log.info("resuming from %s (step %d)", storage.join(ckpt_uri, tag), state["step"])
 
         strategy = get_strategy(tcfg, info)
