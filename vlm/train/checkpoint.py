@@ -59,12 +59,12 @@ def rank_files(rank: int) -> tuple[str, str]:
     return f"rank-{rank:05d}.json", f"rank-{rank:05d}.safetensors"
 
 
-def safe_torch_load(path: Path, allowed: Iterable[type] = ()) -> Any:
+def safe_torch_load(path: Path, allowed: Iterable[type] = (), map_location: Any = "cpu") -> Any:
     """``torch.load`` without arbitrary unpickling (``weights_only=True``; ``allowed``: extra classes the
     caller's format needs). A file that needs anything else is refused with a :class:`CheckpointError`."""
     try:
         with torch.serialization.safe_globals(list(allowed)):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise CheckpointError(f"{path}: refused to load (not a plain tensor file: {str(exc).splitlines()[0]})") from exc
 
