@@ -169,7 +169,7 @@ def test_rank_state_and_trainer_state_never_unpickle(base, tmp_path):
     (lambda f: _flip_a_byte(f / "rank-00000.safetensors"), "rank-00000.safetensors: sha256 mismatch"),
     (lambda f: (f / "trainer.pt").write_bytes(b"x"), "trainer.pt: size mismatch (1 bytes"),
     (lambda f: (f / "state.json").unlink(), "state.json: missing"),
-])
+], ids=["missing", "sha256", "size", "no-record"])
 def test_verify_names_the_bad_file(base, tmp_path, damage, problem):
     folder = tmp_path / "step-000004"
     shutil.copytree(base["ckpt"] / "step-000004", folder)
@@ -185,6 +185,25 @@ def test_verify_wants_every_rank_of_the_world_size(base, tmp_path):
     del state["files"]["rank-00001.json"]  # an incomplete record is not a complete checkpoint either
     (folder / "state.json").write_text(json.dumps(state))
     assert verify(folder)[1] == ["rank-00001.json: not in the file record of 2 rank(s)"]
+
+
+def test_s3_checkpoints_fall_back_too(shards, tmp_path, s3_prefix, caplog):
+    from vlm import storage
+    from vlm.config import parse_config
+    from vlm.train import train
+
+    def cfg(steps):
+        return parse_config(tiny_config(tmp_path, steps=steps, checkpoint_every=1, eval_samples=0,
+                                        checkpoint_dir=f"{s3_prefix}/ckpt"))
+
+    train(cfg(2), "pretrain", shards, f"{s3_prefix}/model")
+    state = json.loads(storage.read_text(f"{s3_prefix}/ckpt/step-000002/state.json"))
+    assert "rank-00000.safetensors" in state["files"] and "trainer.pt" in state["files"]
+    storage.delete(f"{s3_prefix}/ckpt/step-000002/trainer.pt")
+    out = train(cfg(3), "pretrain", shards, f"{s3_prefix}/model")
+    assert out["resumed_from_step"] == 1 and out["steps"] == 3
+    assert "trainer.pt: missing" in caplog.text
+    assert storage.read_text(f"{s3_prefix}/ckpt/latest") == "step-000003"
 
 
 @pytest.mark.slow
