@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -74,3 +74,21 @@ class AlignConfig(Section):
         description="share of stage-two examples that replay a curated image's own question-answer pairs (when the "
                     "data has them), so tuning the adapter on descriptions does not erase question answering; "
                     "0 = descriptions only, as in MiniGPT-4 (stronger description gains, VQA is forgotten)")
+
+
+def stage_two_train_config(align: AlignConfig) -> TrainConfig:
+    """The stage-two TrainConfig: ``align.finetune`` with task caption (+ vqa at odds ``align.replay_vqa``) and
+    the detailed-description requests (+ the generation prompt with ``align.train_on_prompt``). Idempotent."""
+    ft = align.finetune
+    replay = align.replay_vqa
+    if replay:
+        update: dict[str, Any] = {"tasks": ["caption", "vqa"], "task_weights": {"caption": 1 - replay, "vqa": replay}}
+    else:
+        update = {"tasks": ["caption"], "task_weights": {}}
+    instructions = list(ft.caption_instructions)
+    if instructions == list(TrainConfig().caption_instructions):  # the generic default
+        instructions = list(DETAILED_INSTRUCTIONS)
+    if align.train_on_prompt and align.instruction not in instructions:
+        instructions.append(align.instruction)
+    update["caption_instructions"] = instructions
+    return TrainConfig.model_validate({**ft.model_dump(), **update})

@@ -20,30 +20,15 @@ import tempfile
 from typing import Any
 
 from vlm import storage
-from vlm.align.config import DETAILED_INSTRUCTIONS
+from vlm.align.config import stage_two_train_config
 from vlm.data.format import Manifest, read_manifest
 
 log = logging.getLogger(__name__)
 
 
 def stage_two_config(cfg):
-    """``cfg`` with ``align.finetune`` set for stage two: tasks caption (+ vqa at odds ``align.replay_vqa``),
-    detailed-description requests (+ the generation prompt)."""
-    from vlm.train.config import TrainConfig
-
-    ft = cfg.align.finetune
-    replay = cfg.align.replay_vqa
-    if replay:
-        update: dict[str, Any] = {"tasks": ["caption", "vqa"], "task_weights": {"caption": 1 - replay, "vqa": replay}}
-    else:
-        update = {"tasks": ["caption"], "task_weights": {}}
-    instructions = list(ft.caption_instructions)
-    if instructions == list(TrainConfig().caption_instructions):  # the generic default
-        instructions = list(DETAILED_INSTRUCTIONS)
-    if cfg.align.train_on_prompt and cfg.align.instruction not in instructions:
-        instructions.append(cfg.align.instruction)
-    update["caption_instructions"] = instructions
-    ft = TrainConfig.model_validate({**ft.model_dump(), **update})
+    """``cfg`` with ``align.finetune`` set for stage two (:func:`vlm.align.config.stage_two_train_config`)."""
+    ft = stage_two_train_config(cfg.align)
     return cfg.model_copy(update={"align": cfg.align.model_copy(update={"finetune": ft})})
 
 
@@ -74,7 +59,7 @@ def finetune(cfg_path_or_cfg, curated_uri: str, init_from: str, output_uri: str)
         raise ValueError("stage two starts from the stage-one model: pass init_from (a model artefact URI)")
     if not storage.exists(storage.join(init_from, "vlm_config.json")):
         raise FileNotFoundError(f"{init_from} is not a model artefact (no vlm_config.json)")
-    manifest = check_curated(curated_uri)  # the engine applies stage_two_config (vlm.train.loop.stage_config)
+    manifest = check_curated(curated_uri)  # the engine applies stage_two_train_config (vlm.train.loop.stage_config)
     log.info("stage two: %d curated samples, %d steps from %s", manifest.num_samples,
              cfg.align.finetune.steps, init_from)
     nproc = cfg.align.finetune.nproc

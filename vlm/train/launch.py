@@ -69,13 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    from vlm.train.checkpoint import CheckpointError
     from vlm.train.labels import ExpertLabelsError
     from vlm.train.loop import train
 
     try:
         summary = train(cfg, args.stage, args.data or None, args.output or None, args.init_from or None,
                         labels_uri=args.labels or None)
-    except ExpertLabelsError as exc:
+    except (ExpertLabelsError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:

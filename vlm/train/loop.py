@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vlm import storage
+from vlm.align.config import stage_two_train_config
 from vlm.train import dist
 from vlm.train.checkpoint import CheckpointManager
 from vlm.train.config import TrainConfig
@@ -36,14 +37,13 @@ MODEL_KEYS = ("image", "instruction", "answer", "prompt", "experts")
 # ----------------------------------------------------------------------------------- resolution
 def stage_config(cfg, stage: str) -> TrainConfig:
     """The TrainConfig of ``stage``: ``train`` for pretrain; for finetune ``align.finetune`` as stage two uses it
-    (MiniGPT-4's tasks and instructions, `vlm.align.tune.stage_two_config`), whichever entry point runs it."""
+    (MiniGPT-4's tasks and instructions, :func:`vlm.align.config.stage_two_train_config`), whichever entry point
+    runs it."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     if stage == "pretrain":
         return cfg.train
-    from vlm.align.tune import stage_two_config
-
-    return stage_two_config(cfg).align.finetune
+    return stage_two_train_config(cfg.align)
 
 
 def _parent(uri: str) -> str:
@@ -247,11 +247,11 @@ def train(cfg, stage: str = "pretrain", data_uri: str | None = None, output_uri:
                 raise RuntimeError(f"{storage.join(ckpt_uri, tag)} is a {state['stage']!r} checkpoint, not {stage!r}: "
                                    "give this stage its own train.checkpoint_dir")
             model.load_trainable_state_dict(ckpt.read_weights(folder))
-            rank_state = ckpt.read_rank_state(folder)
-            if state.get("world_size") != info.world_size:
+            if state.get("world_size") == info.world_size:
+                rank_state = ckpt.read_rank_state(folder)
+            else:
                 log.warning("checkpoint %s was written by %s processes, now %d: data positions restart",
                             tag, state.get("world_size"), info.world_size)
-                rank_state = None
             log.info("resuming from %s (step %d)", storage.join(ckpt_uri, tag), state["step"])
 
         strategy = get_strategy(tcfg, info)

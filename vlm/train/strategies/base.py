@@ -8,7 +8,8 @@ A strategy owns the wrapped model, the optimizer and the LR scheduler. The loop 
 
 Checkpoint hooks are collective (every rank calls them): ``trainable_state_dict`` returns the full trainable
 weights on CPU (valid on rank 0), ``save_state``/``load_state`` write/read optimizer + scheduler state in
-a local folder. New strategies subclass :class:`Strategy` in a new file and decorate it with ``@register``.
+a local folder (read back without arbitrary unpickling: ``vlm.train.checkpoint.safe_torch_load``).
+New strategies subclass :class:`Strategy` in a new file and decorate it with ``@register``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from vlm.train.checkpoint import safe_torch_load
 from vlm.train.config import TrainConfig
 from vlm.train.dist import DistInfo
 
@@ -134,7 +136,7 @@ class Strategy:
             tmp.replace(folder / "trainer.pt")
 
     def load_state(self, folder: Path) -> None:
-        state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False)
+        state = safe_torch_load(folder / "trainer.pt")  # weights_only: tensors and plain values, no code
         self.load_optimizer_state(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 

@@ -3,7 +3,10 @@
 The optimizer is our torch AdamW passed as a client optimizer, so no DeepSpeed C++ op is JIT-compiled
 (CPU runs start in seconds). Precision stays fp32 in DeepSpeed; bf16 comes from autocast, as for the
 other strategies. Checkpoints use DeepSpeed's own format (per-rank ZeRO partitions) without the frozen
-weights, inside our checkpoint folder.
+weights, inside our checkpoint folder. DeepSpeed's own reader would unpickle anything; we load
+with its checkpoint engine's ``load`` replaced by :func:`vlm.train.checkpoint.safe_torch_load` and
+``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` (any other ``torch.load`` it makes), allowing only the few DeepSpeed
+classes its ZeRO files hold (:func:`safe_globals`): a file that needs anything else is refused.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vlm.train.checkpoint import CheckpointError, safe_torch_load
 from vlm.train.strategies.base import Strategy, register
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,34 @@ def _skip_shm_comm_build() -> None:
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
     if builder is not None:
         deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
+def safe_globals() -> list[type]:
+    """The classes DeepSpeed pickles into ZeRO checkpoints (plain records: loss scale, enum, slice address)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextlib.contextmanager
+def _weights_only(engine) -> Iterator[None]:
+    """Every ``torch.load`` DeepSpeed makes inside this block is a weights-only one."""
+    allowed = safe_globals()
+    ckpt_engine = engine.checkpoint_engine
+    ckpt_engine.load = lambda path, map_location=None: safe_torch_load(Path(path), allowed, map_location)
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    finally:
+        del ckpt_engine.load  # back to the class's method
+        if before is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
 @register("deepspeed")
@@ -98,8 +132,12 @@ class DeepSpeedStrategy(Strategy):
         self.engine.save_checkpoint(str(folder), tag=TAG, save_latest=False, exclude_frozen_parameters=True)
 
     def load_state(self, folder: Path) -> None:
-        path, _ = self.engine.load_checkpoint(str(folder), tag=TAG, load_module_strict=False,
-                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+        try:
+            with _weights_only(self.engine):
+                path, _ = self.engine.load_checkpoint(str(folder), tag=TAG, load_module_strict=False,
+                                                      load_optimizer_states=True, load_lr_scheduler_states=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(f"{folder / TAG}: refused to load ({str(exc).splitlines()[0]})") from exc
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {folder}/{TAG}")
 
