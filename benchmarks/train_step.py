@@ -77,7 +77,7 @@ def _measure(step_fn, batches, warmup: int, steps: int, device, batch_size: int,
     out = {"step_time_s": round(dt, 4), "samples_per_s": round(batch_size / dt, 2), "tokens_per_s": round(tokens / dt, 1)}
     if device.type == "cuda":
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        from vlm.train.loop import peak_flops
+        from vlm.train.metrics import peak_flops
 
         peak = peak_flops(device)
         if peak and fpt:
@@ -101,7 +101,9 @@ def main() -> None:
     from vlm.models.config import ModelConfig
     from vlm.train.config import TrainConfig
     from vlm.train.dist import DistInfo
-    from vlm.train.loop import _to, _tokens, flops_per_token, model_factory
+    from vlm.train.batches import count_tokens, to_device
+    from vlm.train.metrics import flops_per_token
+    from vlm.train.trainer import model_factory
     from vlm.train.strategies import get_strategy
 
     setup_logging("WARNING")
@@ -117,8 +119,8 @@ def main() -> None:
     model = build(mcfg).to(device)
     counts = model.parameter_counts()
     batches = [model.collate(_examples(args.batch_size)) for _ in range(2)]
-    batches = [_to(b, device) for b in batches]
-    tokens = _tokens(batches[0])
+    batches = [to_device(b, device) for b in batches]
+    tokens = count_tokens(batches[0])
     fpt = flops_per_token(counts)
     header = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
               "vision": mcfg.vision.type, "llm": mcfg.llm.type, "adapter": mcfg.adapter.type, **counts,

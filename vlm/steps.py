@@ -86,7 +86,8 @@ def _tag(run_tag: str) -> str:
 # ------------------------------------------------------------------------------------------ prepare
 def prepare(config_yaml: str, overrides_json: str = "{}", run_tag: str = "", parent_run_id: str = "",
             launcher: str = "local") -> dict[str, Any]:
-    """Validate the config, apply the pipeline's knobs, write it to the run folder, open the parent run."""
+    """Validate the config, apply the pipeline's knobs, resolve each stage's training config (stage two's recipe
+    into ``align.finetune``), write it to the run folder, open the parent run."""
     data = yaml.safe_load(config_yaml) or {}
     for dotted, value in (json.loads(overrides_json or "{}") or {}).items():
         if value in (None, ""):
@@ -97,7 +98,9 @@ def prepare(config_yaml: str, overrides_json: str = "{}", run_tag: str = "", par
             node = node.setdefault(key, {})
         node[leaf] = value
     data.setdefault("cluster", {})["launcher"] = launcher
-    cfg = parse_config(data, source="pipeline config")
+    from vlm.align.tune import stage_two_config
+
+    cfg = stage_two_config(parse_config(data, source="pipeline config"))  # each stage's TrainConfig, resolved
     tag = _tag(run_tag)
     layout = run_layout(cfg, tag)
     text = yaml.safe_dump(redact.scrub_config(cfg.model_dump(mode="json"), log), sort_keys=False)
@@ -194,7 +197,8 @@ def experts_index(config_uri: str, data_uri: str, labels_uri: str) -> str:
 
 def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from: str = "",
           labels_uri: str = "", parent_run_id: str = "", run_tag: str = "") -> dict[str, Any]:
-    """Run a training stage: ``torchrun`` here (launcher ``local``), else a PyTorchJob or TrainJob (``vlm.k8s``)."""
+    """Run a training stage through :func:`vlm.train.launch`: ``torchrun`` here (launcher ``local``, even for one
+    process), else a PyTorchJob or TrainJob (``vlm.k8s``). The summary is also written to ``<output>-summary.json``."""
     cfg = load_config(config_uri)
     if stage == "finetune" and not cfg.align.enabled:
         return {"output": init_from, "run_id": "", "skipped": True}
@@ -202,31 +206,12 @@ def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from
         log.warning("curated set %s is too small; fine-tuning skipped, the stage-one model %s carries on",
                     data_uri, init_from)
         return {"output": init_from, "run_id": "", "skipped": True}
+    from vlm.train import launch
+
     env = {tracking.PARENT_ENV: parent_run_id} if parent_run_id else {}
-    args = ["--config", config_uri, "--stage", stage, "--data", data_uri, "--output", output_uri]
-    if init_from:
-        args += ["--init-from", init_from]
-    if labels_uri and cfg.model.experts:
-        args += ["--labels", labels_uri]
-    summary_uri = storage.join(output_uri.rstrip("/") + "-summary.json")
-    args += ["--summary", summary_uri]
-    if cfg.cluster.launcher != "local":
-        from vlm.k8s.launch import job_name, run_cluster_job
-        from vlm.train.loop import stage_config
-
-        run_cluster_job(cfg.cluster, job_name(stage, run_tag or "run"), args, env=env,
-                        labels={"app.kubernetes.io/part-of": "vlm-platform", "vlm.stage": stage},
-                        strategy=stage_config(cfg, stage).strategy)
-    else:
-        from vlm.train import launch_local
-        from vlm.train.loop import stage_config
-
-        nproc = stage_config(cfg, stage).nproc
-        rc = launch_local(config_uri, nproc, args[2:], env=env)
-        if rc != 0:
-            raise RuntimeError(f"{stage} failed (torchrun exit code {rc}); re-run the pipeline to resume "
-                               "from the latest checkpoint")
-    summary = json.loads(storage.read_text(summary_uri))
+    summary = launch(cfg, stage, data_uri, output_uri, init_from, labels_uri if cfg.model.experts else "",
+                     config_uri=config_uri, isolate=True, env=env, run_tag=run_tag,
+                     summary_uri=storage.join(output_uri.rstrip("/") + "-summary.json"))
     summary.setdefault("output", summary.get("model_uri") or output_uri)
     return summary
 

@@ -46,7 +46,7 @@ def test_stage_two_config_uses_caption_task_and_description_requests(tmp_path):
 def test_every_finetune_entry_point_gets_the_stage_two_recipe(tmp_path):
     """The pipeline runs stage two through `vlm train --stage finetune` (torchrun or a PyTorchJob), not through
     vlm.align.finetune: the engine's stage config must be the stage-two recipe too."""
-    from vlm.train.loop import stage_config
+    from vlm.train.job import stage_config
 
     cfg = pipeline_cfg(tmp_path, tasks=["caption", "vqa"])
     ft = stage_config(cfg, "finetune")

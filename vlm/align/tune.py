@@ -15,8 +15,6 @@ description gains shrink).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from typing import Any
 
 from vlm import storage
@@ -47,30 +45,22 @@ def check_curated(curated_uri: str) -> Manifest:
 def finetune(cfg_path_or_cfg, curated_uri: str, init_from: str, output_uri: str) -> dict[str, Any]:
     """Fine-tune ``init_from`` (a stage-one model artefact URI) on ``curated_uri``; writes a model artefact.
 
-    ``cfg_path_or_cfg``: a PipelineConfig or a YAML path/URI. With ``align.finetune.nproc`` > 1 (and not
-    already inside torchrun) the run is launched with torchrun through ``vlm.train.run_stage``.
-    Returns the training engine's summary (final metrics + artefact URI).
+    ``cfg_path_or_cfg``: a PipelineConfig or a YAML path/URI. The run goes through :func:`vlm.train.launch`
+    (``align.finetune.nproc`` processes, or a cluster job by ``cluster.launcher``). Returns the training engine's
+    summary (final metrics + artefact URI).
     """
-    from vlm.config import PipelineConfig, dump_config, load_config
+    from vlm.config import PipelineConfig, load_config
+    from vlm.train import launch
 
-    cfg = cfg_path_or_cfg if isinstance(cfg_path_or_cfg, PipelineConfig) else load_config(cfg_path_or_cfg)
+    from_path = not isinstance(cfg_path_or_cfg, PipelineConfig)
+    cfg = load_config(cfg_path_or_cfg) if from_path else cfg_path_or_cfg
     init_from = init_from or cfg.align.finetune.init_from
     if not init_from:
         raise ValueError("stage two starts from the stage-one model: pass init_from (a model artefact URI)")
     if not storage.exists(storage.join(init_from, "vlm_config.json")):
         raise FileNotFoundError(f"{init_from} is not a model artefact (no vlm_config.json)")
-    manifest = check_curated(curated_uri)  # the engine applies stage_two_train_config (vlm.train.loop.stage_config)
+    manifest = check_curated(curated_uri)  # the job resolves the stage-two recipe (vlm.train.job.stage_config)
     log.info("stage two: %d curated samples, %d steps from %s", manifest.num_samples,
              cfg.align.finetune.steps, init_from)
-    nproc = cfg.align.finetune.nproc
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        from vlm.train import run_stage
-
-        with tempfile.TemporaryDirectory(prefix="vlm-align-") as tmp:
-            path = os.path.join(tmp, "config.yaml")
-            with open(path, "w") as fh:
-                fh.write(dump_config(cfg))
-            return run_stage(path, "finetune", str(curated_uri), str(output_uri), str(init_from), nproc)
-    from vlm.train import train
-
-    return train(cfg, "finetune", str(curated_uri), str(output_uri), init_from=str(init_from))
+    return launch(cfg, "finetune", str(curated_uri), str(output_uri), str(init_from),
+                  config_uri=str(cfg_path_or_cfg) if from_path else "")

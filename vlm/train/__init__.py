@@ -1,19 +1,29 @@
 """Distributed training engine (stage-one pretraining and stage-two fine-tuning).
 
-``train(cfg, stage, data_uri, output_uri, init_from=None, labels_uri=None) -> dict`` runs in every process of a torchrun /
-PyTorchJob launch (or alone); ``launch_local(config_path, nproc, args) -> int`` starts torchrun locally.
+``launch(cfg, stage, data_uri, output_uri, init_from, labels_uri, ...) -> dict`` runs a stage where
+``cluster.launcher`` and ``nproc`` say (this process, local torchrun, or a cluster job); ``train(cfg, stage, ...)
+-> dict`` runs it in this process (every process of a torchrun / PyTorchJob launch calls it);
+``launch_local(config_path, nproc, args) -> int`` starts torchrun locally. The engine itself is
+:class:`vlm.train.trainer.Trainer`, driven by a :class:`vlm.train.job.TrainJob`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["train", "launch_local", "run_stage"]
+__all__ = ["launch", "train", "launch_local"]
+
+
+def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "", init_from: str = "",
+           labels_uri: str = "", **kw: Any) -> dict[str, Any]:
+    from vlm.train.launch import launch as _launch
+
+    return _launch(cfg, stage, data_uri, output_uri, init_from, labels_uri, **kw)
 
 
 def train(cfg, stage: str = "pretrain", data_uri: str | None = None, output_uri: str | None = None,
           init_from: str | None = None, labels_uri: str | None = None, **kw: Any) -> dict[str, Any]:
-    from vlm.train.loop import train as _train
+    from vlm.train.trainer import train as _train
 
     return _train(cfg, stage, data_uri, output_uri, init_from, labels_uri=labels_uri, **kw)
 
@@ -22,10 +32,3 @@ def launch_local(config_path: str, nproc: int, args: list[str] | None = None, **
     from vlm.train.launch import launch_local as _launch
 
     return _launch(config_path, nproc, args, **kw)
-
-
-def run_stage(config_path: str, stage: str = "pretrain", data_uri: str = "", output_uri: str = "",
-              init_from: str = "", nproc: int = 0, labels_uri: str = "") -> dict[str, Any]:
-    from vlm.train.launch import run_stage as _run
-
-    return _run(config_path, stage, data_uri, output_uri, init_from, nproc, labels_uri)

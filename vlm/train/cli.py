@@ -1,4 +1,4 @@
-"""``vlm train``: run a training stage in this process or launch N local processes with torchrun."""
+"""``vlm train``: run a training stage through :func:`vlm.train.launch.launch` (this process, torchrun or a cluster job)."""
 
 from __future__ import annotations
 
@@ -17,36 +17,29 @@ def register(app: typer.Typer) -> None:
         init_from: str = typer.Option("", "--init-from", help="model artefact URI to start from"),
         labels: str = typer.Option("", "--labels", help="expert labels URI for model.experts; default train.labels"),
         nproc: int = typer.Option(0, "--nproc", help="launch this many local processes with torchrun "
-                                  "(default train.nproc; ignored when already under torchrun)"),
+                                  "(default the stage's nproc; ignored when already under torchrun)"),
         set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.steps=20"),
     ) -> None:
         """Train a stage (resumes automatically from the latest checkpoint)."""
         import os
 
         from vlm.config import ConfigError
-        from vlm.train.launch import launch_local, load
+        from vlm.train.checkpoint import CheckpointError
+        from vlm.train.labels import ExpertLabelsError
+        from vlm.train.launch import LaunchError, launch, load
 
         try:
             cfg = load(config, set_)
         except ConfigError as exc:
             typer.secho(str(exc), fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
-        from vlm.train.loop import stage_config
-
-        n = nproc or stage_config(cfg, stage).nproc
-        if n > 1 and "LOCAL_RANK" not in os.environ:
-            args = ["--stage", stage] + [a for f, v in (("--data", data), ("--output", output),
-                                                         ("--init-from", init_from), ("--labels", labels))
-                                     if v for a in (f, v)]
-            args += [a for s in set_ for a in ("--set", s)]
-            raise typer.Exit(launch_local(config, n, args))
-        from vlm.train.labels import ExpertLabelsError
-        from vlm.train.loop import train
-
         try:
-            summary = train(cfg, stage, data or None, output or None, init_from or None, labels_uri=labels or None)
-        except ExpertLabelsError as exc:
+            summary = launch(cfg, stage, data, output, init_from, labels, config_uri=config, overrides=set_,
+                             nproc=nproc)
+        except (ExpertLabelsError, CheckpointError) as exc:
             typer.secho(str(exc), fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
+        except LaunchError as exc:
+            raise typer.Exit(exc.returncode) from None
         if int(os.environ.get("RANK", "0")) == 0:
             typer.echo(json.dumps(summary, indent=2, default=str))

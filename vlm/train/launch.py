@@ -1,4 +1,5 @@
-"""Launching: the ``python -m vlm.train`` entrypoint (one per process) and local torchrun launches."""
+"""Launching a training stage: :func:`launch` (the one way in: pipeline step, ``vlm train``, ``vlm align
+finetune``), the ``python -m vlm.train`` entrypoint of each process, and local torchrun launches."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from vlm.train.checkpoint import CheckpointError
     from vlm.train.labels import ExpertLabelsError
-    from vlm.train.loop import train
+    from vlm.train.trainer import train
 
     try:
         summary = train(cfg, args.stage, args.data or None, args.output or None, args.init_from or None,
@@ -83,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         text = json.dumps(summary, indent=2, default=str)
         if args.summary:
             storage.write_text(args.summary, text)
-        print(text)
+            log.info("summary -> %s", args.summary)
+        else:
+            print(text)
     return 0
 
 
@@ -105,21 +108,65 @@ def launch_local(config_path: str, nproc: int, args: list[str] | None = None, en
     return subprocess.run(cmd, env=full_env, timeout=timeout).returncode
 
 
-def run_stage(config_path: str, stage: str = "pretrain", data_uri: str = "", output_uri: str = "",
-              init_from: str = "", nproc: int = 0, labels_uri: str = "") -> dict[str, Any]:
-    """The kfp-friendly wrapper: launch ``nproc`` (default ``train.nproc``) processes, return the summary dict."""
-    cfg = load(config_path, [])
-    from vlm.train.loop import stage_config
+class LaunchError(RuntimeError):
+    """The launched processes failed; rerunning resumes from the latest checkpoint."""
 
-    n = nproc or stage_config(cfg, stage).nproc
+    def __init__(self, stage: str, returncode: int):
+        super().__init__(f"{stage} failed (torchrun exit code {returncode}); rerun to resume from the latest "
+                         "checkpoint")
+        self.returncode = returncode
+
+
+def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "", init_from: str = "",
+           labels_uri: str = "", *, config_uri: str = "", overrides: list[str] | tuple[str, ...] = (), nproc: int = 0,
+           isolate: bool = False, env: dict[str, str] | None = None, summary_uri: str = "",
+           run_tag: str = "") -> dict[str, Any]:
+    """Run one training stage of ``cfg`` where it belongs; its summary (:meth:`vlm.train.job.TrainResult.to_dict`).
+
+    ``cluster.launcher`` ``pytorchjob`` / ``trainjob``: a cluster job (:func:`vlm.k8s.launch.run_cluster_job`)
+    running ``python -m vlm.train --config config_uri`` (a URI the pods read), its summary at ``summary_uri``
+    (default ``<output>-summary.json``). ``local``: ``nproc`` (default the stage's ``nproc``) processes under
+    torchrun, or this process when that is 1 (or this is already a torchrun worker) and not ``isolate`` (the
+    pipeline step isolates even one process). ``config_uri`` + ``overrides`` (``--set KEY=VALUE``) must give
+    ``cfg``; without ``config_uri`` a local launch writes ``cfg`` to a temporary file. ``env``: extra environment
+    of the launched processes. Raises
+    :class:`LaunchError` when torchrun fails, :class:`vlm.k8s.lifecycle.ClusterJobError` when the job does.
+    """
+    from vlm.train.job import TrainJob
+
+    job = TrainJob.from_config(cfg, stage, data_uri or None, output_uri or None, init_from or None, labels_uri or None)
+    cluster = cfg.cluster.launcher != "local"
+    n = nproc or job.train.nproc
+    if not cluster and not isolate and (n == 1 or "LOCAL_RANK" in os.environ):
+        from vlm.train.trainer import run
+
+        return run(job).to_dict()
+    args = ["--stage", stage]
+    for flag, value in (("--data", data_uri), ("--output", output_uri), ("--init-from", init_from),
+                        ("--labels", labels_uri)):
+        if value:
+            args += [flag, value]
+    args += [a for item in overrides for a in ("--set", item)]
     with tempfile.TemporaryDirectory(prefix="vlm-train-") as tmp:
-        out = Path(tmp) / "summary.json"
-        args = ["--stage", stage, "--summary", str(out)]
-        for flag, value in (("--data", data_uri), ("--output", output_uri), ("--init-from", init_from),
-                            ("--labels", labels_uri)):
-            if value:
-                args += [flag, value]
-        rc = launch_local(config_path, n, args)
-        if rc != 0:
-            raise RuntimeError(f"training failed (torchrun exit code {rc}); rerun to resume from the latest checkpoint")
-        return json.loads(out.read_text())
+        if not config_uri:
+            if cluster:
+                raise ValueError(f"cluster.launcher={cfg.cluster.launcher}: the job reads its config from a URI "
+                                 "the pods can reach; pass config_uri")
+            from vlm.config import dump_config
+
+            config_uri = str(Path(tmp) / "config.yaml")
+            Path(config_uri).write_text(dump_config(cfg))
+        summary_uri = summary_uri or (job.output_uri.rstrip("/") + "-summary.json" if cluster
+                                      else str(Path(tmp) / "summary.json"))
+        args = ["--config", config_uri, *args, "--summary", summary_uri]
+        if cluster:
+            from vlm.k8s.launch import job_name, run_cluster_job
+
+            run_cluster_job(cfg.cluster, job_name(stage, run_tag or "run"), args, env=env,
+                            labels={"app.kubernetes.io/part-of": "vlm-platform", "vlm.stage": stage},
+                            strategy=job.train.strategy)
+        else:
+            rc = launch_local(config_uri, n, args[2:], env=env)
+            if rc != 0:
+                raise LaunchError(stage, rc)
+        return json.loads(storage.read_text(summary_uri))
