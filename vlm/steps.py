@@ -197,8 +197,8 @@ def experts_index(config_uri: str, data_uri: str, labels_uri: str) -> str:
 
 def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from: str = "",
           labels_uri: str = "", parent_run_id: str = "", run_tag: str = "") -> dict[str, Any]:
-    """Run a training stage through :func:`vlm.train.launch`: ``torchrun`` here (launcher ``local``, even for one
-    process), else a PyTorchJob or TrainJob (``vlm.k8s``). The summary is also written to ``<output>-summary.json``."""
+    """Run a training stage through :func:`vlm.train.launch.launch`: ``torchrun`` here (launcher ``local``, even
+    for one process), else a PyTorchJob or TrainJob (``vlm.k8s``); the summary is also at ``<output>-summary.json``."""
     cfg = load_config(config_uri)
     if stage == "finetune" and not cfg.align.enabled:
         return {"output": init_from, "run_id": "", "skipped": True}
@@ -206,7 +206,7 @@ def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from
         log.warning("curated set %s is too small; fine-tuning skipped, the stage-one model %s carries on",
                     data_uri, init_from)
         return {"output": init_from, "run_id": "", "skipped": True}
-    from vlm.train import launch
+    from vlm.train.launch import launch
 
     env = {tracking.PARENT_ENV: parent_run_id} if parent_run_id else {}
     summary = launch(cfg, stage, data_uri, output_uri, init_from, labels_uri if cfg.model.experts else "",

@@ -45,12 +45,12 @@ def check_curated(curated_uri: str) -> Manifest:
 def finetune(cfg_path_or_cfg, curated_uri: str, init_from: str, output_uri: str) -> dict[str, Any]:
     """Fine-tune ``init_from`` (a stage-one model artefact URI) on ``curated_uri``; writes a model artefact.
 
-    ``cfg_path_or_cfg``: a PipelineConfig or a YAML path/URI. The run goes through :func:`vlm.train.launch`
-    (``align.finetune.nproc`` processes, or a cluster job by ``cluster.launcher``). Returns the training engine's
-    summary (final metrics + artefact URI).
+    ``cfg_path_or_cfg``: a PipelineConfig or a YAML path/URI. The run goes through
+    :func:`vlm.train.launch.launch` (``align.finetune.nproc`` processes, or a cluster job by ``cluster.launcher``).
+    Returns the training engine's summary (final metrics + artefact URI).
     """
     from vlm.config import PipelineConfig, load_config
-    from vlm.train import launch
+    from vlm.train.launch import launch
 
     from_path = not isinstance(cfg_path_or_cfg, PipelineConfig)
     cfg = load_config(cfg_path_or_cfg) if from_path else cfg_path_or_cfg

@@ -1,7 +1,7 @@
 """Distributed training engine (stage-one pretraining and stage-two fine-tuning).
 
-``launch(cfg, stage, data_uri, output_uri, init_from, labels_uri, ...) -> dict`` runs a stage where
-``cluster.launcher`` and ``nproc`` say (this process, local torchrun, or a cluster job); ``train(cfg, stage, ...)
+``vlm.train.launch.launch(cfg, stage, data_uri, output_uri, init_from, labels_uri, ...) -> dict`` runs a stage
+where ``cluster.launcher`` and ``nproc`` say (this process, local torchrun, or a cluster job); ``train(cfg, stage, ...)
 -> dict`` runs it in this process (every process of a torchrun / PyTorchJob launch calls it);
 ``launch_local(config_path, nproc, args) -> int`` starts torchrun locally. The engine itself is
 :class:`vlm.train.trainer.Trainer`, driven by a :class:`vlm.train.job.TrainJob`.
@@ -11,14 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["launch", "train", "launch_local"]
-
-
-def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "", init_from: str = "",
-           labels_uri: str = "", **kw: Any) -> dict[str, Any]:
-    from vlm.train.launch import launch as _launch
-
-    return _launch(cfg, stage, data_uri, output_uri, init_from, labels_uri, **kw)
+__all__ = ["train", "launch_local"]
 
 
 def train(cfg, stage: str = "pretrain", data_uri: str | None = None, output_uri: str | None = None,

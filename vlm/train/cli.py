@@ -1,4 +1,4 @@
-"""``vlm train``: run a training stage through :func:`vlm.train.launch.launch` (this process, torchrun or a cluster job)."""
+"""``vlm train``: run a training stage through :func:`vlm.train.launch.launch` (here, torchrun or a cluster job)."""
 
 from __future__ import annotations
 

@@ -104,7 +104,8 @@ class Trainer:
         t0 = time.perf_counter()
         model = _load_artefact(job.init_from) if job.init_from else model_factory(self.factory)(job.model)
         if job.init_from:
-            self.labels = expert_labels(list(model.config.experts), labels_uri, job.data_uri, trained_from=job.init_from)
+            self.labels = expert_labels(list(model.config.experts), labels_uri, job.data_uri,
+                                        trained_from=job.init_from)
         if tcfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable()
         self.counts = model.parameter_counts()
@@ -189,7 +190,8 @@ class Trainer:
         state = {"stage": self.job.stage, "world_size": info.world_size, "strategy": tcfg.strategy,
                  "zero_stage": tcfg.zero_stage, "run_id": self.tracker.run_id if self.tracker.active else None,
                  "eval_before": self.eval_before, "train_loss": self.last_loss, "time": time.time()}
-        self.ckpt.save(self.global_step, self.strategy, state, {"rng": dist.rng_state(), "positions": list(self.positions)})
+        rank_state = {"rng": dist.rng_state(), "positions": list(self.positions)}
+        self.ckpt.save(self.global_step, self.strategy, state, rank_state)
 
     # ------------------------------------------------------------------------------ fit
     def fit(self) -> TrainResult:
@@ -263,7 +265,8 @@ class Trainer:
         samples = w.steps * tcfg.batch_size * tcfg.grad_accum * info.world_size
         self.throughput = {"samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed}
         m = {"train/loss": self.last_loss, "train/lr": self.strategy.lr, "train/grad_norm": grad_norm,
-             "perf/samples_per_s": self.throughput["samples_per_s"], "perf/tokens_per_s": self.throughput["tokens_per_s"],
+             "perf/samples_per_s": self.throughput["samples_per_s"],
+             "perf/tokens_per_s": self.throughput["tokens_per_s"],
              "perf/step_time_s": elapsed / w.steps, "perf/peak_mem_mb": peak_memory_mb(info.device)}
         if pflops := peak_flops(info.device):
             m["perf/mfu"] = self.throughput["tokens_per_s"] * flops_per_token(self.counts) / (pflops * info.world_size)
@@ -304,7 +307,8 @@ class Trainer:
     def _save_model(self) -> None:
         """Write the model artefact (rank 0). Sharded strategies gather the trainable weights first."""
         tcfg, info = self.cfg, self.info
-        sharded = tcfg.strategy == "fsdp2" and info.distributed or tcfg.strategy == "deepspeed" and tcfg.zero_stage == 3
+        sharded = (tcfg.strategy == "fsdp2" and info.distributed
+                   or tcfg.strategy == "deepspeed" and tcfg.zero_stage == 3)
         weights = self.strategy.trainable_state_dict() if sharded else None
         if info.is_main:
             model = self.strategy.model
