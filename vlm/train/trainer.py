@@ -90,7 +90,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ setup / resume
     def setup(self) -> None:
-        """Shards and expert labels, the model, the newest checkpoint's trainable weights, the strategy."""
+        """Shards and expert labels, the model, the newest checkpoint's trainable weights, the strategy, the
+        fixed eval set."""
         from vlm.train.strategies import get_strategy
 
         job, tcfg = self.job, self.cfg
@@ -115,6 +116,7 @@ class Trainer:
         self._load_checkpoint_weights(model)  # before the strategy wraps (and may shard) the model
         self.strategy = get_strategy(tcfg, self.info)
         self.strategy.setup(model)
+        self.eval_set = self._eval_examples()
 
     def _load_checkpoint_weights(self, model) -> None:
         tag = self.ckpt.latest() if self.cfg.resume else None
@@ -199,7 +201,6 @@ class Trainer:
         to the checkpoint's run); the result on every rank."""
         from vlm import tracking
 
-        self.eval_set = self._eval_examples()
         if self.info.is_main:
             tracking.configure(self.job.tracking_uri)
         run_id = self.state.get("run_id")
