@@ -100,6 +100,9 @@ class ShardError(FormatError):
         super().__init__(f"shard {shard}: {detail}")
         self.shard, self.reason, self.detail = shard, reason, detail
 
+    def __reduce__(self):  # picklable, so that a worker process can hand it to its parent
+        return type(self), (self.shard, self.reason, self.detail)
+
 
 class SampleError(ValueError):
     """One sample cannot be used (``reason`` in SAMPLE_REASONS); callers count it and go on."""
@@ -578,7 +581,8 @@ def _shard_failed(exc: ShardError, on_error: OnError, rejected: Counter | None) 
         raise exc
     if rejected is not None:
         rejected[exc.reason] += 1
-    log.warning("skipping the rest of %s", exc)
+    what = "all samples of" if exc.reason == "checksum_mismatch" else "the rest of"
+    log.warning("skipping %s %s [%s]", what, exc, exc.reason)
 
 
 class _Tail:
