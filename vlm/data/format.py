@@ -72,10 +72,11 @@ SAMPLE_REASONS = {
     "corrupt_shard": "the shard is truncated or corrupt; its samples after the damage are lost",
     "checksum_mismatch": "the shard's size or sha256 differs from the manifest; none of its samples is read",
 }
+SHARD_REASONS = ("corrupt_shard", "checksum_mismatch")  # counted per shard read, not per sample
 OnError = Literal["raise", "skip"]
 
 __all__ = [
-    "FORMAT", "MANIFEST", "SPLITS", "IMAGE_EXTS", "SHARD_RE", "SAMPLE_REASONS",
+    "FORMAT", "MANIFEST", "SPLITS", "IMAGE_EXTS", "SHARD_RE", "SAMPLE_REASONS", "SHARD_REASONS",
     "FormatError", "ShardError", "SampleError",
     "ShardInfo", "SplitInfo", "Manifest", "read_manifest", "write_manifest", "manifest_sha256", "dataset_root",
     "is_dataset",
