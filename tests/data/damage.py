@@ -40,8 +40,9 @@ def damaged(clean: str, dest: Path, damage: str, split: str = "train", index: in
     path = dest / info.name
     key = ""
     if damage == "truncated":
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2 + 100])  # cut inside a member
+        samples = [s for s in fmt.scan_tar(str(path)) if isinstance(s, fmt.TarSample)]
+        member = min(samples[len(samples) // 2].members.values(), key=lambda m: m.offset)
+        path.write_bytes(path.read_bytes()[: member.offset + member.size // 2])  # cut inside a middle sample
     elif damage == "corrupt_image":
         samples = list(fmt.iter_shard(str(path)))
         key = samples[0]["__key__"]

@@ -81,7 +81,7 @@ __all__ = [
     "ShardInfo", "SplitInfo", "Manifest", "read_manifest", "write_manifest", "manifest_sha256", "dataset_root",
     "is_dataset",
     "ShardRef", "find_shards", "shard_name", "split_key",
-    "QA", "parse_qa", "sample_meta", "image_member", "decode",
+    "QA", "parse_qa", "sample_meta", "image_member", "decode_image", "decode",
     "ShardWriter", "write_shard", "write_split",
     "iter_shard", "shard_keys", "partition", "consumer_of", "ShardStream", "iter_samples",
     "LABELS_INDEX", "label_shard_uri", "label_members", "read_labels_index", "write_labels_index",
@@ -359,18 +359,22 @@ def _members(raw: dict[str, Any]) -> list[str]:
     return [k for k in raw if not k.startswith("__")]
 
 
-def decode(raw: dict[str, Any]) -> dict[str, Any]:
-    """Raw sample -> ``{"__key__", "__shard__", "image": PIL RGB, "meta": dict}``. Raises :class:`SampleError`."""
+def decode_image(data: bytes):
+    """Image member bytes -> PIL RGB. Raises :class:`SampleError` (``undecodable``)."""
     from PIL import Image
 
-    meta = sample_meta(raw)
-    _, data = image_member(raw)
     try:
         with Image.open(io.BytesIO(data)) as im:
-            image = im.convert("RGB")
+            return im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the sample
         raise SampleError("undecodable", f"{type(exc).__name__}: {exc}") from None
-    return {"__key__": raw["__key__"], "__shard__": raw.get("__shard__"), "image": image, "meta": meta}
+
+
+def decode(raw: dict[str, Any]) -> dict[str, Any]:
+    """Raw sample -> ``{"__key__", "__shard__", "image": PIL RGB, "meta": dict}``. Raises :class:`SampleError`."""
+    meta = sample_meta(raw)
+    _, data = image_member(raw)
+    return {"__key__": raw["__key__"], "__shard__": raw.get("__shard__"), "image": decode_image(data), "meta": meta}
 
 
 # ------------------------------------------------------------------------------------------ writing
