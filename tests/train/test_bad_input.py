@@ -83,6 +83,7 @@ def test_cli_stops_cleanly_when_no_shard_is_usable(clean, tmp_path):
     assert "Traceback" not in res.stderr, res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "got no samples" in errors[0] and "checksum_mismatch" in errors[0], res.stderr
-    for info in manifest.shards_of("train"):  # each refused shard is named in a warning with its reason
+    for info in manifest.shards_of("train"):  # each refused shard is named, in a warning and in the error
         assert any(info.name in line and "sha256 differs" in line for line in res.stderr.splitlines()), info.name
+        assert info.name in errors[0]
     assert not (tmp_path / "m").exists()
