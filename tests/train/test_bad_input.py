@@ -75,7 +75,7 @@ def test_cli_stops_cleanly_when_no_shard_is_usable(clean, tmp_path):
     for info in manifest.shards:
         info.sha256 = "0" * 64
     fmt.write_manifest(data, manifest)
-    cfg = write_config(tmp_path, steps=2, eval_samples=0)
+    cfg = write_config(tmp_path, steps=2, eval_samples=0, num_workers=1)  # the error comes from a DataLoader worker
     res = subprocess.run([sys.executable, "-m", "vlm.cli", "train", "--config", str(cfg), "--data", data,
                           "--output", str(tmp_path / "m")], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "VLM_LOG_LEVEL": "WARNING", "COLUMNS": "1000"})
