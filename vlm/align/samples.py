@@ -48,16 +48,18 @@ def select_keys(data_uri: str, n: int, seed: int, split: str = "train",
     The same (data, n, seed, split) always gives the same list, on every rank. A shard whose keys cannot be
     listed is left out, counted in ``rejected`` by reason and logged.
     """
-    pairs = []
+    pairs, damaged = [], []
     for shard in list_split_shards(data_uri, split):
         try:
             pairs += [(shard.uri, key) for key in fmt.shard_keys(shard.uri)]
         except fmt.ShardError as exc:
             if rejected is not None:
                 rejected[exc.reason] += 1
+            damaged.append(str(exc))
             log.warning("skipping %s [%s]: none of its images is sampled", exc, exc.reason)
     if not pairs:
-        raise FileNotFoundError(f"the {split} shards under {data_uri} hold no images")
+        raise FileNotFoundError(f"the {split} shards under {data_uri} hold no images"
+                                + "".join(f"; {d}" for d in damaged))
     if n > len(pairs):
         log.warning("asked for %d images, the %s split has %d: using all", n, split, len(pairs))
         n = len(pairs)

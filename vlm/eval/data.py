@@ -4,7 +4,8 @@ questions + annotations json.
 Every loader returns a list of :class:`EvalSample` plus counted rejections (missing or undecodable
 images...). Our shards are checked against the manifest (size, sha256) before any sample is read; a damaged
 shard is skipped (counted, named in a warning and in :attr:`EvalData.damaged`), an undecodable sample dropped
-and counted (``docs/formats.md``, "Damaged input"); with nothing usable left the load fails naming them. Loaders are tried in :data:`LOADERS` order; add a format by writing a ``detect``/``load`` pair.
+and counted (``docs/formats.md``, "Damaged input"); with nothing usable left the load fails naming them.
+Loaders are tried in :data:`LOADERS` order; add a format by writing a ``detect``/``load`` pair.
 Local paths and ``s3://`` URIs both work (through :mod:`vlm.storage`).
 """
 

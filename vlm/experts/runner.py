@@ -199,7 +199,8 @@ def _process_shard(plan: _Plan, labels_uri: str, cfg: ExpertsConfig, device: str
                 except Exception as exc:  # noqa: BLE001 - bad data is recorded, not fatal
                     reason = exc.reason if isinstance(exc, fmt.SampleError) else "undecodable"
                     rejected[reason] += 1
-                    log.warning("shard %s: sample %s gets no labels: %s [%s]", plan.shard.uri, key, _reason(exc), reason)
+                    log.warning("shard %s: sample %s gets no labels: %s [%s]", plan.shard.uri, key, _reason(exc),
+                                reason)
                     for name in plan.todo:
                         failures[name].append(Failure(key, name, f"undecodable image: {_reason(exc)}"))
                     continue
