@@ -28,7 +28,8 @@ def tracking(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_damage_is_skipped_counted_and_named(tiny_model_uri, tiny_model, shapes_shards, tracking, tmp_path, caplog,
-                                             damage):
+                                             monkeypatch, damage):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)  # wins over tracking_uri; other tests may have set it
     data, shard, key = damaged(shapes_shards, tmp_path / "data", damage, split="test")
     caplog.set_level(logging.WARNING)
     summary = evaluate(tiny_model_uri, data, EvalConfig(tasks=["caption"], **FAST), output=str(tmp_path / "out"),

@@ -31,7 +31,7 @@ def _stream(data: str) -> ExampleStream:
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
-def test_damage_is_skipped_counted_and_named(clean, tmp_path, caplog, damage):
+def test_damage_is_skipped_counted_and_named(clean, tmp_path, caplog, monkeypatch, damage):
     data, shard, key = damaged(clean, tmp_path / "data", damage)
     caplog.set_level(logging.WARNING)
     stream = _stream(data)
@@ -48,6 +48,7 @@ def test_damage_is_skipped_counted_and_named(clean, tmp_path, caplog, damage):
 
     steps = len(keys) // 4 + 2  # past the end of the first epoch, so the damaged shard has been read
     cfg = parse_config(tiny_config(tmp_path, steps=steps, eval_samples=0, checkpoint_every=100))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)  # the environment wins; other tests may have set it
     summary = train(cfg, "pretrain", data, str(tmp_path / "model"))
     assert summary["steps"] == steps and summary["rejected"][reason] >= 1
     metrics = MlflowClient(cfg.tracking.uri).get_run(summary["run_id"]).data.metrics
