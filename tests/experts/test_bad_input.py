@@ -74,3 +74,16 @@ def test_cli_reports_a_refused_shard_without_a_traceback(clean, tmp_path: Path):
     summary = json.loads(res.stdout[res.stdout.index("{"):])
     assert summary["rejected"] == {"checksum_mismatch": 1} and list(summary["shards_rejected"]) == [shard]
     assert any(shard in line and "sha256 differs" in line for line in res.stderr.splitlines()), res.stderr
+
+
+def test_shard_found_truncated_while_labelling_leaves_no_partial_label_shard(clean, tmp_path: Path, caplog):
+    data, shard, _ = damaged(clean, tmp_path / "data", "truncated")
+    manifest = fmt.read_manifest(data)
+    for info in manifest.shards:
+        info.sha256 = info.size = None  # nothing to check against: the damage shows after some batches
+    fmt.write_manifest(data, manifest)
+    caplog.set_level(logging.WARNING)
+    summary = run_experts(data, str(tmp_path / "labels"), ["edges"], CFG.model_copy(update={"batch_size": 1}))
+    assert summary["rejected"] == {"corrupt_shard": 1} and list(summary["shards_rejected"]) == [shard]
+    assert not (tmp_path / "labels" / "edges" / shard).exists()  # the batches before the damage are discarded
+    assert _warned(caplog, shard, "truncated or corrupt after", "no labels")
