@@ -13,6 +13,7 @@ import math
 import os
 import resource
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 
 from vlm import storage
 from vlm.align.config import stage_two_train_config
+from vlm.data.format import SAMPLE_REASONS, SHARD_REASONS
 from vlm.train import dist
 from vlm.train.checkpoint import CheckpointManager
 from vlm.train.config import TrainConfig
@@ -313,7 +315,7 @@ def _run(cfg, tcfg: TrainConfig, stage, info, strategy, ckpt: CheckpointManager,
     pflops = peak_flops(info.device)
     fpt = flops_per_token(counts)
     per_step_samples = tcfg.batch_size * tcfg.grad_accum * info.world_size
-    data_counts: dict[str, int] = {}
+    worker_counts: dict[int, dict[str, int]] = {}  # cumulative data counters per dataloader worker
     last_loss = float("nan")
     throughput: dict[str, float] = {}
     bar = tqdm(total=tcfg.steps, initial=start, disable=not info.is_main, desc=stage, dynamic_ncols=True)
@@ -323,7 +325,7 @@ def _run(cfg, tcfg: TrainConfig, stage, info, strategy, ckpt: CheckpointManager,
     while step < tcfg.steps:
         loss_sum, tokens = 0.0, 0
         for micro in range(tcfg.grad_accum):
-            batch, worker, pos, data_counts = next(batches)
+            batch, worker, pos, worker_counts[worker] = next(batches)
             positions[worker] = pos
             tokens += _tokens(batch)
             out = strategy.micro_step(_to(batch, info.device), last=micro == tcfg.grad_accum - 1)
@@ -343,7 +345,7 @@ def _run(cfg, tcfg: TrainConfig, stage, info, strategy, ckpt: CheckpointManager,
                  "perf/step_time_s": elapsed / n_window, "perf/peak_mem_mb": peak_memory_mb(info.device)}
             if pflops:
                 m["perf/mfu"] = throughput["tokens_per_s"] * fpt / (pflops * info.world_size)
-            m.update({f"data/{k}": v for k, v in data_counts.items()})
+            m.update({f"data/{k}": v for k, v in _sum_counts(worker_counts).items()})
             run.log_metrics(m, step=step)
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{strategy.lr:.2e}", sps=f"{throughput['samples_per_s']:.1f}")
             t_window, n_window, tok_window = time.perf_counter(), 0, 0
@@ -363,16 +365,27 @@ def _run(cfg, tcfg: TrainConfig, stage, info, strategy, ckpt: CheckpointManager,
     if run.active:
         run.set_tags({"vlm.model_uri": output_uri, "vlm.checkpoint_uri": ckpt_uri})
         run.log_artifact(str(storage.local_copy(output_uri)), "model")
-    rejected = sum(v for k, v in data_counts.items() if k.startswith("rejected_"))
+    data_counts = _sum_counts(worker_counts)
+    rejected = sum(v for k, v in data_counts.items() if k.startswith("rejected_")
+                   and k.removeprefix("rejected_") not in SHARD_REASONS)
     names = list(labels.sources) if labels else []
-    totals = dist.all_reduce_sum([float(rejected)] + [float(data_counts.get(f"missing_label_{n}", 0)) for n in names],
-                                 info.device)
-    total_rejected, missing = totals[0], dict(zip(names, (int(v) for v in totals[1:])))
+    reasons = sorted(SAMPLE_REASONS)  # the same list on every rank
+    totals = dist.all_reduce_sum([float(rejected)] + [float(data_counts.get(f"missing_label_{n}", 0)) for n in names]
+                                 + [float(data_counts.get(f"rejected_{r}", 0)) for r in reasons], info.device)
+    total_rejected, missing = totals[0], dict(zip(names, (int(v) for v in totals[1:1 + len(names)])))
+    by_reason = {r: int(v) for r, v in zip(reasons, totals[1 + len(names):]) if v}
     return {"stage": stage, "strategy": tcfg.strategy, "world_size": info.world_size, "steps": step,
             "resumed_from_step": start, "final_loss": last_loss, "eval_before": metrics_before,
             "eval_after": metrics_after, "model_uri": output_uri, "checkpoint_uri": ckpt_uri,
-            "run_id": run.run_id, "rejected_samples": int(total_rejected),
+            "run_id": run.run_id, "rejected_samples": int(total_rejected), "rejected": by_reason,
             "labels_uri": labels.labels_uri if labels else "", "missing_labels": missing, **throughput}
+
+
+def _sum_counts(per_worker: dict[int, dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for counts in per_worker.values():
+        total.update(counts)
+    return dict(total)
 
 
 def _save(ckpt, stage, strategy, step, info, positions, run, tcfg, metrics_before, last_loss) -> None:
