@@ -134,6 +134,9 @@ class StorageUnavailable(StorageError):
             f"S3 {method} {target}{detail} at {endpoint}{during} failed after {attempts} attempt(s) in "
             f"{elapsed_s:.1f}s (deadline {deadline_s:g}s, VLM_STORAGE_DEADLINE_S); last error: {cause}")
 
+    def __reduce__(self):  # picklable as it is, so that a worker process can hand it to its parent
+        return Exception.__new__, (type(self),), {**self.__dict__, "args": self.args}
+
 
 _SUBJECT: contextvars.ContextVar[str | None] = contextvars.ContextVar("vlm_storage_subject", default=None)
 

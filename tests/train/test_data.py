@@ -20,7 +20,7 @@ def _keys(stream, n, skip=0):
 
 def test_lists_split_shards_in_order(shards):
     train = list_shards(shards, "train")
-    assert [u.rsplit("/", 1)[-1] for u in train] == [f"train-{i:06d}.tar" for i in range(4)]
+    assert [s.name for s in train] == [f"train-{i:06d}.tar" for i in range(4)]
     assert len(list_shards(shards, "val")) == 1
     assert list_shards(shards, "nope") == []
 

@@ -31,8 +31,8 @@ def test_a_job_resolves_every_uri_once(tmp_path):
 def test_the_result_is_the_summary_the_steps_return():
     result = TrainResult(stage="pretrain", strategy="none", world_size=2, steps=4, resumed_from_step=2,
                          final_loss=1.5, eval_before={"eval/vqa_loss": 3.0}, eval_after={"eval/vqa_loss": 2.0},
-                         model_uri="m", checkpoint_uri="c", run_id="r", rejected_samples=1, labels_uri="",
-                         missing_labels={}, throughput={"samples_per_s": 8.0, "tokens_per_s": 90.0})
+                         model_uri="m", checkpoint_uri="c", run_id="r", rejected_samples=1, rejected={"undecodable": 1},
+                         labels_uri="", missing_labels={}, throughput={"samples_per_s": 8.0, "tokens_per_s": 90.0})
     out = result.to_dict()
     assert out["samples_per_s"] == 8.0 and out["tokens_per_s"] == 90.0 and "throughput" not in out
     assert out["resumed_from_step"] == 2 and out["eval_after"] == {"eval/vqa_loss": 2.0}

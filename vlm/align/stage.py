@@ -5,6 +5,11 @@ sample and takes every ``world_size``-th image. Each rank writes one json-lines 
 ``<output>/generations/<fingerprint>/``, so a restarted stage skips finished batches (resumable at batch
 granularity; the fingerprint changes with anything that changes generation). Rank 0 waits for all ranks,
 applies the filters (cheap, so thresholds can change without regenerating) and writes the curated set.
+
+Damaged input (``docs/formats.md``): a sampled image that cannot be used (its shard fails the manifest
+check, or it does not decode) becomes a record rejected for that reason (``input_error``), so it is counted
+in the summary, MLflow and the curated manifest like any other rejection; a shard left out of the draw is
+counted in ``shards_rejected``. A shard damaged after generation, found while writing, stops the stage.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from typing import Any
 
 from vlm import storage
@@ -22,7 +28,7 @@ from vlm.align.config import AlignConfig
 from vlm.align.filters import apply_filters
 from vlm.align.generate import describe
 from vlm.align.itc import itc_scores
-from vlm.align.samples import read_samples, select_keys
+from vlm.align.samples import list_split_shards, read_samples, select_keys
 from vlm.align.writer import write_curated_set
 
 log = logging.getLogger(__name__)
@@ -59,7 +65,16 @@ def _load_model(model_uri: str):
     return model
 
 
+def _unusable(shard: str, key: str, reason: str) -> dict[str, Any]:
+    """The record of a sampled image that could not be read (``input_error``: the reason)."""
+    return {"key": key, "source_shard": shard, "raw": "", "pieces": [], "continued": 0, "raw_tokens": 0,
+            "cleaned": "", "clean_reject": None, "changes": [], "rewritten": None, "rewrite_accepted": False,
+            "rewrite_reason": None, "itc_score": None, "input_error": reason}
+
+
 def _process_batch(model: Any, rewriter: Any, batch: list, cfg: AlignConfig) -> list[dict[str, Any]]:
+    if not batch:
+        return []
     images = [s.image() for s in batch]
     descs = describe(model, images, cfg)
     records = []
@@ -107,7 +122,7 @@ def _wait_for_ranks(work: str, world: int, timeout_s: float) -> None:
 def finalize(record: dict[str, Any], cfg: AlignConfig) -> dict[str, Any]:
     """Apply the filters to a generated record: sets ``final``, ``reasons`` and ``kept``."""
     final = record.get("cleaned_final") or record["cleaned"]
-    reasons = apply_filters(final, cfg, record)
+    reasons = [record["input_error"]] if record.get("input_error") else apply_filters(final, cfg, record)
     return {**record, "final": final, "reasons": reasons, "kept": not reasons}
 
 
@@ -126,7 +141,9 @@ def generate_and_curate(model_uri: str, data_uri: str, output_uri: str, cfg: Ali
     world = env_world if world_size is None else world_size
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside world size {world}")
-    pairs = select_keys(data_uri, cfg.num_images, cfg.seed, cfg.split)
+    shards_rejected: Counter[str] = Counter()
+    pairs = select_keys(data_uri, cfg.num_images, cfg.seed, cfg.split, rejected=shards_rejected)
+    refs = {s.uri: s for s in list_split_shards(data_uri, cfg.split)}
     mine = pairs[rank::world]
     fp = fingerprint(model_uri, data_uri, cfg, world)
     work = storage.join(output_uri, "generations", fp)
@@ -151,7 +168,9 @@ def generate_and_curate(model_uri: str, data_uri: str, output_uri: str, cfg: Ali
                 from vlm.align.rewrite import Rewriter
 
                 rewriter = Rewriter(cfg)
-        records = _process_batch(model, rewriter, read_samples(pairs_batch), cfg)
+        bad: dict[tuple[str, str], str] = {}
+        records = _process_batch(model, rewriter, read_samples(pairs_batch, refs, bad), cfg)
+        records += [_unusable(shard, key, reason) for (shard, key), reason in bad.items()]
         storage.write_text(chunk, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         done += 1
     storage.write_text(storage.join(work, f"rank{rank:05d}-of-{world:05d}.done"), "")
@@ -172,10 +191,11 @@ def generate_and_curate(model_uri: str, data_uri: str, output_uri: str, cfg: Ali
                            "delete the folder to regenerate")
     records = sorted((finalize(r, cfg) for r in records), key=lambda r: r["key"])
     keep_pairs = [(r["source_shard"], r["key"]) for r in records if r["kept"]]
-    samples = {s.key: s for s in read_samples(keep_pairs)}
+    samples = {s.key: s for s in read_samples(keep_pairs, refs)}
     config = {"model_uri": str(model_uri), "data_uri": str(data_uri), "align": cfg.model_dump(mode="json",
                                                                                                 exclude={"finetune"})}
-    summary = write_curated_set(records, samples, output_uri, config, cfg.samples_per_shard, cfg.repetition_ngram)
+    summary = write_curated_set(records, samples, output_uri, config, cfg.samples_per_shard, cfg.repetition_ngram,
+                                shards_rejected=dict(shards_rejected))
     result = {**summary, "output_uri": str(output_uri), "fingerprint": fp, "batches": len(batches),
               "generated": done, "skipped": skipped}
     log.info("align: kept %d of %d (%s)", summary["kept"], summary["sampled"], summary["rejected_by_reason"])
@@ -191,6 +211,7 @@ def _track(result: dict[str, Any], cfg: AlignConfig, output_uri: str, run_id: st
     metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     metrics.update({f"rejected.{k}": v for k, v in result["rejected_by_reason"].items()})
     metrics.update({f"changes.{k}": v for k, v in result["changes_by_reason"].items()})
+    metrics.update({f"shards_rejected.{k}": v for k, v in result["shards_rejected"].items()})
     with tracking.stage_run("align", experiment or os.environ.get("VLM_EXPERIMENT", "vlm-align"),
                             run_id=run_id, finish=run_id is None) as run:
         run.log_params({"align": cfg.model_dump(mode="json", exclude={"finetune"})})

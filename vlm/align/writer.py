@@ -5,7 +5,8 @@ Written through :mod:`vlm.data.format` (``docs/formats.md``). Layout under the o
     train-000000.tar ...   kept samples: {key}.{jpg|png|webp} (source bytes) + {key}.json (caption = final,
                            the source's question-answer pairs under qa)
     manifest.json          the dataset manifest with kind "curated": name, config, num_samples, shards
-                           (name, split, num_samples, sha256, size), rejected by first reason, input count
+                           (name, split, num_samples, sha256, size), rejected by first reason (unusable
+                           input images by their reason, e.g. undecodable), input count, shards_rejected
     curated.json           one entry per sampled image: key, raw, cleaned, final caption, reasons, changes
     summary.json           kept/rejected, repetition rate, cut-off rate and length before and after
 """
@@ -56,7 +57,7 @@ def summarize(records: list[dict[str, Any]], ngram: int = 3) -> dict[str, Any]:
     rejected = Counter(reason for r in records for reason in r["reasons"])
     first_reason = Counter(r["reasons"][0] for r in records if r["reasons"])
     changes = Counter(c["reason"] for r in records for c in r["changes"])
-    raws = [r["raw"] for r in records]
+    raws = [r["raw"] for r in records if not r.get("input_error")]  # the quality figures are of generations
     finals = [r["final"] for r in kept]
     return {
         "sampled": len(records),
@@ -66,6 +67,7 @@ def summarize(records: list[dict[str, Any]], ngram: int = 3) -> dict[str, Any]:
         "rejected_by_reason": dict(sorted(rejected.items())),
         "rejected_by_first_reason": dict(sorted(first_reason.items())),
         "changes_by_reason": dict(sorted(changes.items())),
+        "unusable_inputs": sum(1 for r in records if r.get("input_error")),
         "continued": sum(1 for r in records if r["continued"]),
         "rewritten": sum(1 for r in records if r.get("rewrite_accepted")),
         "rewrite_refused": dict(Counter(r["rewrite_reason"] for r in records if r.get("rewrite_reason"))),
@@ -75,21 +77,25 @@ def summarize(records: list[dict[str, Any]], ngram: int = 3) -> dict[str, Any]:
         "cut_off_final": _avg([float(is_cut_off(t)) for t in finals]),
         "words_raw": _avg([word_count(t) for t in raws]),
         "words_final": _avg([word_count(t) for t in finals]),
-        "raw_tokens": _avg([r["raw_tokens"] for r in records]),
+        "raw_tokens": _avg([r["raw_tokens"] for r in records if not r.get("input_error")]),
     }
 
 
 def write_curated_set(records: list[dict[str, Any]], samples: dict[str, ImageSample], output_uri: str,
-                      config: dict[str, Any], samples_per_shard: int = 1000, ngram: int = 3) -> dict[str, Any]:
-    """Write shards, manifest, listing and summary; returns the summary."""
+                      config: dict[str, Any], samples_per_shard: int = 1000, ngram: int = 3,
+                      shards_rejected: dict[str, int] | None = None) -> dict[str, Any]:
+    """Write shards, manifest, listing and summary; returns the summary (``shards_rejected``: data shards
+    left out of the draw, by reason)."""
     kept = [r for r in records if r["kept"]]
     shards = write_shards(kept, samples, output_uri, samples_per_shard)
-    summary = summarize(records, ngram)
+    summary = {**summarize(records, ngram), "shards_rejected": dict(shards_rejected or {})}
     manifest = fmt.Manifest.build(shards, kind="curated", name="align-curated",
                                   created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), config=config,
-                                  rejected=summary["rejected_by_first_reason"], num_input_records=len(records))
+                                  rejected=summary["rejected_by_first_reason"], num_input_records=len(records),
+                                  shards_rejected=summary["shards_rejected"])
     listing = [{k: r.get(k) for k in ("key", "raw", "cleaned", "rewritten", "final", "kept", "reasons", "changes",
-                                     "continued", "raw_tokens", "itc_score", "source_shard")} for r in records]
+                                     "continued", "raw_tokens", "itc_score", "source_shard", "input_error")}
+               for r in records]
     storage.write_text(storage.join(output_uri, "curated.json"), json.dumps(listing, indent=1, ensure_ascii=False))
     storage.write_text(storage.join(output_uri, "summary.json"), json.dumps(summary, indent=2))
     fmt.write_manifest(output_uri, manifest)

@@ -72,15 +72,16 @@ SAMPLE_REASONS = {
     "corrupt_shard": "the shard is truncated or corrupt; its samples after the damage are lost",
     "checksum_mismatch": "the shard's size or sha256 differs from the manifest; none of its samples is read",
 }
+SHARD_REASONS = ("corrupt_shard", "checksum_mismatch")  # counted per shard read, not per sample
 OnError = Literal["raise", "skip"]
 
 __all__ = [
-    "FORMAT", "MANIFEST", "SPLITS", "IMAGE_EXTS", "SHARD_RE", "SAMPLE_REASONS",
+    "FORMAT", "MANIFEST", "SPLITS", "IMAGE_EXTS", "SHARD_RE", "SAMPLE_REASONS", "SHARD_REASONS",
     "FormatError", "ShardError", "SampleError",
     "ShardInfo", "SplitInfo", "Manifest", "read_manifest", "write_manifest", "manifest_sha256", "dataset_root",
     "is_dataset",
     "ShardRef", "find_shards", "shard_name", "split_key",
-    "QA", "parse_qa", "sample_meta", "image_member", "decode",
+    "QA", "parse_qa", "sample_meta", "image_member", "decode_image", "decode",
     "ShardWriter", "write_shard", "write_split",
     "iter_shard", "shard_keys", "partition", "consumer_of", "ShardStream", "iter_samples",
     "LABELS_INDEX", "label_shard_uri", "label_members", "read_labels_index", "write_labels_index",
@@ -99,6 +100,9 @@ class ShardError(FormatError):
     def __init__(self, shard: str, reason: str, detail: str):
         super().__init__(f"shard {shard}: {detail}")
         self.shard, self.reason, self.detail = shard, reason, detail
+
+    def __reduce__(self):  # picklable, so that a worker process can hand it to its parent
+        return type(self), (self.shard, self.reason, self.detail)
 
 
 class SampleError(ValueError):
@@ -355,18 +359,22 @@ def _members(raw: dict[str, Any]) -> list[str]:
     return [k for k in raw if not k.startswith("__")]
 
 
-def decode(raw: dict[str, Any]) -> dict[str, Any]:
-    """Raw sample -> ``{"__key__", "__shard__", "image": PIL RGB, "meta": dict}``. Raises :class:`SampleError`."""
+def decode_image(data: bytes):
+    """Image member bytes -> PIL RGB. Raises :class:`SampleError` (``undecodable``)."""
     from PIL import Image
 
-    meta = sample_meta(raw)
-    _, data = image_member(raw)
     try:
         with Image.open(io.BytesIO(data)) as im:
-            image = im.convert("RGB")
+            return im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the sample
         raise SampleError("undecodable", f"{type(exc).__name__}: {exc}") from None
-    return {"__key__": raw["__key__"], "__shard__": raw.get("__shard__"), "image": image, "meta": meta}
+
+
+def decode(raw: dict[str, Any]) -> dict[str, Any]:
+    """Raw sample -> ``{"__key__", "__shard__", "image": PIL RGB, "meta": dict}``. Raises :class:`SampleError`."""
+    meta = sample_meta(raw)
+    _, data = image_member(raw)
+    return {"__key__": raw["__key__"], "__shard__": raw.get("__shard__"), "image": decode_image(data), "meta": meta}
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -578,7 +586,8 @@ def _shard_failed(exc: ShardError, on_error: OnError, rejected: Counter | None) 
         raise exc
     if rejected is not None:
         rejected[exc.reason] += 1
-    log.warning("skipping the rest of %s", exc)
+    what = "all samples of" if exc.reason == "checksum_mismatch" else "the rest of"
+    log.warning("skipping %s %s [%s]", what, exc, exc.reason)
 
 
 class _Tail:
@@ -708,7 +717,8 @@ class ShardStream:
     order on every consumer, so the :func:`partition` stays disjoint), keeps this consumer's part and mixes
     it through a ``shuffle_buffer`` seeded with ``(seed, e, consumer)``. ``resample`` goes on epoch after
     epoch. The stream is a pure function of its arguments: resuming at position ``n`` = skipping ``n``
-    samples. Damaged shards are skipped and counted in :attr:`rejected` (``on_error="skip"``) or raise.
+    samples. Damaged shards are skipped, counted in :attr:`rejected` and listed in :attr:`damaged` (shard URI
+    -> ``"reason: detail"``) with ``on_error="skip"``, or raise.
     """
 
     def __init__(self, shards: Sequence[str | ShardRef], consumer: int = 0, consumers: int = 1, seed: int = 0,
@@ -719,6 +729,7 @@ class ShardStream:
         self.seed, self.shuffle_shards, self.shuffle_buffer = seed, shuffle_shards, shuffle_buffer
         self.resample, self.verify, self.on_error = resample, verify, on_error
         self.rejected: Counter[str] = Counter()
+        self.damaged: dict[str, str] = {}
         partition(max(1, len(self.shards)), consumer, consumers)  # fail early on a bad consumer
 
     def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
@@ -726,12 +737,19 @@ class ShardStream:
         if self.shuffle_shards:
             random.Random(f"{self.seed}:{epoch}:shards").shuffle(order)
         picked, stride, offset = partition(len(order), self.consumer, self.consumers)
-        samples = (s for i in picked for s in iter_shard(self.shards[order[i]], verify=self.verify,
-                                                         on_error=self.on_error, rejected=self.rejected))
+        samples = (s for i in picked for s in self._read(self.shards[order[i]]))
         mine = (s for j, s in enumerate(samples) if j % stride == offset)
         if self.shuffle_buffer > 1:
             return _buffer_shuffle(mine, self.shuffle_buffer, random.Random(f"{self.seed}:{epoch}:{self.consumer}"))
         return mine
+
+    def _read(self, shard: str | ShardRef) -> Iterator[dict[str, Any]]:
+        try:
+            yield from iter_shard(shard, verify=self.verify)
+        except ShardError as exc:
+            if self.on_error == "skip":
+                self.damaged[exc.shard] = f"{exc.reason}: {exc.detail}"
+            _shard_failed(exc, self.on_error, self.rejected)
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """``(epoch, raw sample)`` pairs; forever with ``resample`` (an epoch without samples raises)."""
@@ -745,7 +763,8 @@ class ShardStream:
                 return
             if not produced:
                 raise FormatError(f"consumer {self.consumer} of {self.consumers} got no samples from "
-                                  f"{len(self.shards)} shard(s) (rejected: {dict(self.rejected) or 'none'})")
+                                  f"{len(self.shards)} shard(s) (rejected: {dict(self.rejected) or 'none'})"
+                                  + "".join(f"; {uri}: {why}" for uri, why in self.damaged.items()))
             epoch += 1
 
 
@@ -764,12 +783,14 @@ def _buffer_shuffle(it: Iterator, size: int, rng: random.Random) -> Iterator:
 def iter_samples(data_uri: str, split: str = "train", *, decoded: bool = True, shuffle_buffer: int = 0,
                  resample: bool = False, seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  worker: int | None = None, num_workers: int | None = None, verify: bool = False,
-                 on_error: OnError = "skip", rejected: Counter | None = None) -> Iterator[dict[str, Any]]:
+                 on_error: OnError = "skip", rejected: Counter | None = None,
+                 damaged: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """Samples of a dataset split for this consumer (rank x worker; defaults from the environment).
 
     ``decoded``: the reader contract ``{"__key__", "__shard__", "image", "meta"}``, samples that fail to
-    decode counted in ``rejected`` by reason; else raw samples. ``split="all"`` reads every split. An
-    unknown split raises :class:`FormatError` naming the available ones.
+    decode counted in ``rejected`` by reason; else raw samples. ``damaged`` collects the skipped shards
+    (URI -> ``"reason: detail"``). ``split="all"`` reads every split. An unknown split raises
+    :class:`FormatError` naming the available ones.
     """
     shards = find_shards(data_uri, split)
     if not shards:
@@ -780,6 +801,8 @@ def iter_samples(data_uri: str, split: str = "train", *, decoded: bool = True, s
                          shuffle_buffer=shuffle_buffer, resample=resample, verify=verify, on_error=on_error)
     if rejected is not None:
         stream.rejected = rejected
+    if damaged is not None:
+        stream.damaged = damaged
     for _, raw in stream:
         if not decoded:
             yield raw

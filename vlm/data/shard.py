@@ -125,6 +125,8 @@ def _read(source: Source, record: Record) -> bytes | Rejected:
         return Rejected("missing_file", f"not found: {exc}")
     except IsADirectoryError:
         return Rejected("missing_file", "is a folder, not a file")
+    except storage.StorageUnavailable:
+        raise  # an outage is no property of the sample: the stage stops (and resumes on a re-run)
     except Exception as exc:  # noqa: BLE001 - unreadable sample (permissions, S3 access...) is a sample problem
         return Rejected("missing_file", f"cannot read: {type(exc).__name__}: {exc}")
 

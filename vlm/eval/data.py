@@ -2,7 +2,10 @@
 questions + annotations json.
 
 Every loader returns a list of :class:`EvalSample` plus counted rejections (missing or undecodable
-images...). Loaders are tried in :data:`LOADERS` order; add a format by writing a ``detect``/``load`` pair.
+images...). Our shards are checked against the manifest (size, sha256) before any sample is read; a damaged
+shard is skipped (counted, named in a warning and in :attr:`EvalData.damaged`), an undecodable sample dropped
+and counted (``docs/formats.md``, "Damaged input"); with nothing usable left the load fails naming them.
+Loaders are tried in :data:`LOADERS` order; add a format by writing a ``detect``/``load`` pair.
 Local paths and ``s3://`` URIs both work (through :mod:`vlm.storage`).
 """
 
@@ -40,6 +43,7 @@ class EvalData:
     samples: list[EvalSample]
     rejected: Counter
     format: str
+    damaged: dict[str, str] = field(default_factory=dict)  # shard URI -> "reason: detail" (skipped shards)
 
 
 def _decode(data: bytes) -> Image.Image:
@@ -57,8 +61,9 @@ def _is_shards(uri: str) -> bool:
 
 
 def _load_shards(uri: str, cfg: EvalConfig) -> EvalData:
-    samples, rejected = [], Counter()
-    for s in fmt.iter_samples(uri, split=cfg.split, rank=0, world_size=1, worker=0, num_workers=1, rejected=rejected):
+    samples, rejected, damaged = [], Counter(), {}
+    for s in fmt.iter_samples(uri, split=cfg.split, rank=0, world_size=1, worker=0, num_workers=1, verify=True,
+                              rejected=rejected, damaged=damaged):
         meta = s["meta"]
         captions = [c for c in (meta.get("captions") or [meta.get("caption")]) if isinstance(c, str) and c.strip()]
         qa, bad = fmt.parse_qa(meta.get("qa"))
@@ -68,7 +73,7 @@ def _load_shards(uri: str, cfg: EvalConfig) -> EvalData:
                                    for q in qa], str(meta.get("source", ""))))
         if cfg.max_samples and len(samples) >= cfg.max_samples:
             break
-    return EvalData(samples, +rejected, "shards")
+    return EvalData(samples, +rejected, "shards", damaged)
 
 
 # ------------------------------------------------------------------------------------------ COCO / VQAv2
@@ -201,7 +206,8 @@ def load_eval_data(uri: str, cfg: EvalConfig) -> EvalData:
         if detect(uri):
             data = load(uri, cfg)
             if not data.samples:
-                raise ValueError(f"{uri}: no usable samples (rejected: {dict(data.rejected) or 'none'})")
+                raise ValueError(f"{uri}: no usable samples (rejected: {dict(data.rejected) or 'none'})"
+                                 + "".join(f"; {shard}: {why}" for shard, why in data.damaged.items()))
             log.info("loaded %d samples (%s) from %s; rejected %s", len(data.samples), data.format, uri,
                      dict(data.rejected) or "none")
             return data

@@ -84,7 +84,8 @@ def evaluate(model_uri: str, data_uri: str, cfg: EvalConfig | None = None, run_i
                          "(captions for caption/retrieval, qa for vqa)")
     summary: dict[str, Any] = {
         "model_uri": model_uri, "data_uri": data_uri, "format": data.format, "n_samples": len(data.samples),
-        "n": counts, "metrics": metrics, "rejected": dict(data.rejected), "skipped": skipped,
+        "n": counts, "metrics": metrics, "rejected": dict(data.rejected), "damaged_shards": data.damaged,
+        "skipped": skipped,
         "skipped_tasks": skipped_tasks, "tokenizer": _tokenizer_name(cfg), "config": cfg.model_dump(mode="json"),
         "by_question_type": by_question_type(results["vqa"]) if "vqa" in results else {},
         "baselines": _baselines(data_uri, data.format, cfg, results),
@@ -150,6 +151,7 @@ def _log_to_mlflow(local: Path, summary: dict[str, Any], run_id: str | None, exp
                    tracking_uri: str | None) -> str:
     with tracking.stage_run("evaluate", experiment, run_id=run_id, tracking_uri=tracking_uri) as run:
         run.log_metrics(summary["metrics"])
+        run.log_metrics({f"eval_data/rejected_{k}": v for k, v in summary["rejected"].items()})
         run.log_params({"eval." + k: v for k, v in summary["config"].items() if k in
                         ("tasks", "split", "max_samples", "num_beams", "max_new_tokens")} |
                        {"eval.data_uri": summary["data_uri"], "eval.model_uri": summary["model_uri"]})

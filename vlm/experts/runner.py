@@ -6,6 +6,13 @@ labels go to ``{labels}/{expert}/{shard}.tar`` and a marker ``{labels}/{expert}/
 (written last) records the expert's fingerprint, counts and per-image failures. A shard with a marker is
 finished and never recomputed, so an interrupted run resumes where it stopped. ``labels.json`` is rebuilt
 from the markers at the end (and by :func:`write_labels_index`, e.g. after a kfp ParallelFor).
+
+Damaged input (``docs/formats.md``): a data shard is checked against the manifest's size and sha256 before
+any of its images is used. A shard that fails the check, or turns out truncated while read, gets no label
+shard and no marker (a label shard never covers part of a data shard); it is counted in the summary's
+``rejected`` / ``shards_rejected``, named in a warning, shown as not done in ``labels.json``, and computed by
+the next run once repaired. An image that does not decode gets no label in any expert's shard: the key is
+missing there, listed in each marker's ``failures`` and counted (``rejected["undecodable"]``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,6 +159,7 @@ def _process_shard(plan: _Plan, labels_uri: str, cfg: ExpertsConfig, device: str
     writers = {n: LabelShardWriter(label_shard_uri(labels_uri, n, plan.shard.name), n) for n in plan.todo}
     failures: dict[str, list[Failure]] = {n: [] for n in plan.todo}
     ok_in_shard = dict.fromkeys(plan.todo, 0)
+    rejected: Counter[str] = Counter()
     seen = 0
 
     def run_batch(keys: list[str], images: list[np.ndarray]) -> None:
@@ -181,22 +190,32 @@ def _process_shard(plan: _Plan, labels_uri: str, cfg: ExpertsConfig, device: str
         images: list[np.ndarray] = []
         empty = plan.shard.num_samples == 0 and not storage.exists(plan.shard.uri)
         # verified against the manifest's sha256 first: labels are never computed from a damaged shard
-        for sample in (iter(()) if empty else fmt.iter_shard(plan.shard, verify=True)):
-            key = sample["__key__"]
-            seen += 1
-            try:
-                img = decode_image(sample, cfg.resolution)
-            except Exception as exc:  # noqa: BLE001 - bad data is recorded, not fatal
-                for name in plan.todo:
-                    failures[name].append(Failure(key, name, f"undecodable image: {_reason(exc)}"))
-                continue
-            keys.append(key)
-            images.append(img)
-            if len(keys) >= cfg.batch_size:
-                run_batch(keys, images)
-                if progress is not None:
-                    progress.update(len(keys))
-                keys, images = [], []
+        try:
+            for sample in (iter(()) if empty else fmt.iter_shard(plan.shard, verify=True)):
+                key = sample["__key__"]
+                seen += 1
+                try:
+                    img = decode_image(sample, cfg.resolution)
+                except Exception as exc:  # noqa: BLE001 - bad data is recorded, not fatal
+                    reason = exc.reason if isinstance(exc, fmt.SampleError) else "undecodable"
+                    rejected[reason] += 1
+                    log.warning("shard %s: sample %s gets no labels: %s [%s]", plan.shard.uri, key, _reason(exc),
+                                reason)
+                    for name in plan.todo:
+                        failures[name].append(Failure(key, name, f"undecodable image: {_reason(exc)}"))
+                    continue
+                keys.append(key)
+                images.append(img)
+                if len(keys) >= cfg.batch_size:
+                    run_batch(keys, images)
+                    if progress is not None:
+                        progress.update(len(keys))
+                    keys, images = [], []
+        except fmt.ShardError as exc:
+            log.warning("skipping %s [%s]: no labels are written for it; they are computed by a re-run once "
+                        "the shard is repaired", exc, exc.reason)
+            return {"shard": plan.shard.name, "samples": 0, "experts": {}, "rejected": {exc.reason: 1},
+                    "error": str(exc), "seconds": time.perf_counter() - t0}
         if keys:
             run_batch(keys, images)
             if progress is not None:
@@ -207,7 +226,7 @@ def _process_shard(plan: _Plan, labels_uri: str, cfg: ExpertsConfig, device: str
                 raise ExpertBrokenError(f"expert {name!r} failed on every image of {plan.shard.name} "
                                         f"({len(failures[name])}) and has not succeeded once; stopping. "
                                         f"First reason: {failures[name][0].reason}")
-        stats: dict[str, Any] = {"shard": plan.shard.name, "samples": seen, "experts": {}}
+        stats: dict[str, Any] = {"shard": plan.shard.name, "samples": seen, "experts": {}, "rejected": dict(rejected)}
         for name in plan.todo:
             exp = experts[name]
             writers[name].commit()
@@ -332,14 +351,22 @@ def run_experts(data_uri: str, labels_uri: str, experts: list[str], cfg: Experts
     labelled = {n: sum(r["experts"].get(n, {}).get("labelled", 0) for r in results) for n in names}
     failed = {n: sum(r["experts"].get(n, {}).get("failed", 0) for r in results) for n in names}
     images = sum(r["samples"] for r in results)
+    rejected: Counter[str] = Counter()
+    for r in results:
+        rejected.update(r.get("rejected", {}))
+    shards_rejected = {r["shard"]: r["error"] for r in results if "error" in r}
     seconds = time.perf_counter() - t0
     summary = {"data_uri": str(data_uri), "labels_uri": str(labels_uri), "experts": names, "device": device,
                "shards_selected": len(selected), "shards_computed": len(plans), "expert_shards_skipped": skipped,
-               "images": images, "labelled": labelled, "failed": failed, "seconds": round(seconds, 3),
+               "images": images, "labelled": labelled, "failed": failed, "rejected": dict(rejected),
+               "shards_rejected": shards_rejected, "seconds": round(seconds, 3),
                "images_per_s": round(images / seconds, 3) if seconds > 0 else 0.0,
                "complete": {n: index["experts"].get(n, {}).get("complete", False) for n in names}}
     log.info("experts done: %d images in %.1fs (%.2f img/s), labelled %s, failed %s", images, seconds,
              summary["images_per_s"], labelled, failed)
+    if shards_rejected:
+        log.warning("experts: %d damaged data shard(s) got no labels: %s", len(shards_rejected),
+                    ", ".join(sorted(shards_rejected)))
     return summary
 
 

@@ -5,7 +5,10 @@ dataloader workers without duplicates, and addressed by position: the n-th examp
 depends only on ``(seed, rank, world_size, worker, num_workers, n)``. A checkpoint stores ``n``; resuming
 rebuilds the stream and skips ``n`` examples (only the json is read for skipped samples; images are decoded
 for this worker's samples only). Reading, partitioning and shuffling are :class:`vlm.data.format.ShardStream`
-(the one shard reader); damaged shards and undecodable samples are counted in ``rejected`` by reason.
+(the one shard reader). Bad input (``docs/formats.md``, "Damaged input"): every shard is checked against
+the manifest's size and sha256 before any of its samples is read; a mismatching or truncated shard is
+skipped and undecodable samples are dropped, each counted in ``rejected`` by reason and logged as a warning
+naming the shard. A rank left with no sample at all stops with :class:`DataError`.
 
 For a model with expert inputs, an :class:`vlm.train.labels.ExpertAttacher` adds each sample's expert maps by
 key after decoding (skipped samples never touch the labels, so positions are unchanged).
@@ -30,14 +33,15 @@ log = logging.getLogger(__name__)
 __all__ = ["DataError", "list_shards", "decode", "SampleStream", "ExampleBuilder", "ExampleStream", "eval_examples"]
 
 
-class DataError(RuntimeError):
+class DataError(fmt.FormatError):
     """The dataset URI holds no usable shards."""
 
 
-def list_shards(data_uri: str, split: str) -> list[str]:
-    """Shard URIs of ``split`` under ``data_uri`` (``{split}-{index:06d}.tar``), in index order."""
+def list_shards(data_uri: str, split: str) -> list[fmt.ShardRef]:
+    """The shards of ``split`` under ``data_uri`` (``{split}-{index:06d}.tar``) in index order, with what the
+    manifest says of each (for the checksum check)."""
     try:
-        return [s.uri for s in fmt.find_shards(data_uri, split)]
+        return fmt.find_shards(data_uri, split)
     except FileNotFoundError:
         return []
 
@@ -50,7 +54,7 @@ class SampleStream:
     (:func:`vlm.data.format.partition`). A shuffle buffer (seeded per epoch and consumer) mixes samples.
     """
 
-    def __init__(self, shards: list[str], rank: int = 0, world_size: int = 1, seed: int = 0,
+    def __init__(self, shards: list[str | fmt.ShardRef], rank: int = 0, world_size: int = 1, seed: int = 0,
                  shuffle_buffer: int = 0, infinite: bool = True, worker: int = 0, num_workers: int = 1):
         if not shards:
             raise DataError("no shards to read")
@@ -58,7 +62,8 @@ class SampleStream:
         self.seed, self.shuffle_buffer, self.infinite = seed, shuffle_buffer, infinite
         self.worker, self.num_workers = worker, num_workers
         self._stream = fmt.ShardStream(self.shards, rank * num_workers + worker, world_size * num_workers, seed,
-                                       shuffle_shards=infinite, shuffle_buffer=shuffle_buffer, resample=infinite)
+                                       shuffle_shards=infinite, shuffle_buffer=shuffle_buffer, resample=infinite,
+                                       verify=True, on_error="skip")
         self.rejected: Counter[str] = self._stream.rejected
 
     def iter_raw(self) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -167,12 +172,13 @@ def eval_examples(data_uri: str, split: str, n: int, tasks: list[str], instructi
         return []
     out: list[dict[str, Any]] = []
     builder = ExampleBuilder(tasks, [instruction], seed)
-    for _, raw in fmt.ShardStream(shards):
+    for _, raw in fmt.ShardStream(shards, verify=True, on_error="skip"):
         if len(out) >= n:
             break
         try:
             sample = decode(raw)
-        except fmt.SampleError:
+        except fmt.SampleError as exc:
+            log.warning("eval set: skipping sample %s of %s: %s", raw["__key__"], raw["__shard__"], exc)
             continue
         if labels is not None:
             sample = labels.attach(sample, raw.get("__shard__"))

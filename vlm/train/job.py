@@ -86,7 +86,8 @@ class TrainResult:
     model_uri: str
     checkpoint_uri: str
     run_id: str | None
-    rejected_samples: int
+    rejected_samples: int  # samples dropped (shard-level reasons, SHARD_REASONS, not included)
+    rejected: dict[str, int]  # samples dropped by reason (SAMPLE_REASONS), all ranks
     labels_uri: str
     missing_labels: dict[str, int]
     throughput: dict[str, float] = field(default_factory=dict)  # samples_per_s, tokens_per_s of the last window

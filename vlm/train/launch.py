@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ExpertLabelsError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from vlm.cli_utils import input_error
+
+        if (message := input_error(exc)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)  # bad input: one line naming the shard, no traceback
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:
         text = json.dumps(summary, indent=2, default=str)
         if args.summary:

@@ -12,11 +12,13 @@ import importlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from vlm import storage
+from vlm.data.format import SAMPLE_REASONS, SHARD_REASONS
 from vlm.train import dist
 from vlm.train.batches import BatchDataset, count_tokens, loader, to_device
 from vlm.train.checkpoint import CheckpointManager
@@ -81,7 +83,8 @@ class Trainer:
         self.positions = [0] * max(1, self.cfg.num_workers)  # data position of each dataloader worker
         self.eval_set: list[dict[str, Any]] = []
         self.eval_before: dict[str, float] = {}
-        self.data_counts: dict[str, int] = {}  # cumulative rejected_<reason> / missing_label_<expert> of this rank
+        # cumulative rejected_<reason> / missing_label_<expert> of each dataloader worker of this rank
+        self.worker_counts: dict[int, dict[str, int]] = {}
         self.last_loss = float("nan")
         self.throughput: dict[str, float] = {}
         self._resume_from: tuple[str, Any, dict[str, Any] | None] | None = None  # (tag, folder, rank state)
@@ -172,7 +175,7 @@ class Trainer:
         tcfg, info = self.cfg, self.info
         loss_sum = 0.0
         for micro in range(tcfg.grad_accum):
-            batch, worker, pos, self.data_counts = next(batches)
+            batch, worker, pos, self.worker_counts[worker] = next(batches)
             self.positions[worker] = pos
             self._window.tokens += count_tokens(batch)
             out = self.strategy.micro_step(to_device(batch, info.device), last=micro == tcfg.grad_accum - 1)
@@ -271,7 +274,7 @@ class Trainer:
              "perf/step_time_s": elapsed / w.steps, "perf/peak_mem_mb": peak_memory_mb(info.device)}
         if pflops := peak_flops(info.device):
             m["perf/mfu"] = self.throughput["tokens_per_s"] * flops_per_token(self.counts) / (pflops * info.world_size)
-        m.update({f"data/{k}": v for k, v in self.data_counts.items()})
+        m.update({f"data/{k}": v for k, v in self.data_counts().items()})
         self.tracker.log_metrics(m, step=self.global_step)
         self._bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.strategy.lr:.2e}",
                               sps=f"{self.throughput['samples_per_s']:.1f}")
@@ -290,20 +293,31 @@ class Trainer:
             self.tracker.log_artifact(str(storage.local_copy(self.job.output_uri)), "model")
         return self._result(metrics_after)
 
+    def data_counts(self) -> dict[str, int]:
+        """This rank's data counters, all its dataloader workers together."""
+        total: Counter[str] = Counter()
+        for counts in self.worker_counts.values():
+            total.update(counts)
+        return dict(total)
+
     def _result(self, metrics_after: dict[str, float]) -> TrainResult:
-        counts = self.data_counts
-        rejected = sum(v for k, v in counts.items() if k.startswith("rejected_"))
+        counts = self.data_counts()
+        rejected = sum(v for k, v in counts.items() if k.startswith("rejected_")
+                       and k.removeprefix("rejected_") not in SHARD_REASONS)
         names = list(self.labels.sources) if self.labels else []
-        totals = dist.all_reduce_sum([float(rejected)] + [float(counts.get(f"missing_label_{n}", 0)) for n in names],
-                                     self.info.device)
+        reasons = sorted(SAMPLE_REASONS)  # the same list on every rank
+        totals = dist.all_reduce_sum([float(rejected)] + [float(counts.get(f"missing_label_{n}", 0)) for n in names]
+                                     + [float(counts.get(f"rejected_{r}", 0)) for r in reasons], self.info.device)
+        missing = dict(zip(names, (int(v) for v in totals[1:1 + len(names)])))
+        by_reason = {r: int(v) for r, v in zip(reasons, totals[1 + len(names):]) if v}
         job, tcfg = self.job, self.cfg
         return TrainResult(
             stage=job.stage, strategy=tcfg.strategy, world_size=self.info.world_size, steps=self.global_step,
             resumed_from_step=self.start, final_loss=self.last_loss, eval_before=self.eval_before,
             eval_after=metrics_after, model_uri=job.output_uri, checkpoint_uri=job.checkpoint_uri,
-            run_id=self.tracker.run_id, rejected_samples=int(totals[0]),
-            labels_uri=self.labels.labels_uri if self.labels else "",
-            missing_labels=dict(zip(names, (int(v) for v in totals[1:]))), throughput=self.throughput)
+            run_id=self.tracker.run_id, rejected_samples=int(totals[0]), rejected=by_reason,
+            labels_uri=self.labels.labels_uri if self.labels else "", missing_labels=missing,
+            throughput=self.throughput)
 
     def _save_model(self) -> None:
         """Write the model artefact (rank 0). Sharded strategies gather the trainable weights first."""
