@@ -280,13 +280,10 @@ def train(cfg, stage: str = "pretrain", data_uri: str | None = None, output_uri:
         experiment = cfg.experiment_name() if hasattr(cfg, "experiment_name") else cfg.name
         if info.is_main:
             tracking.configure(cfg.tracking.uri)
-        with tracking.stage_run(stage, experiment, run_id=state.get("run_id"), run_name=stage) as run:
+        with tracking.stage_run(stage, experiment, run_id=state.get("run_id"), run_name=stage, resume=True,
+                                buffered=True, system_metrics=True) as run:
             summary = _run(cfg, tcfg, stage, info, strategy, ckpt, shards, eval_set, start, positions, state,
                            run, counts, data_uri, output_uri, ckpt_uri, model_factory_, model_cfg, init_from, labels)
-            if run.active and state.get("run_id"):
-                from mlflow import MlflowClient
-
-                MlflowClient().set_terminated(run.run_id, "FINISHED")  # an attached (resumed) run
         strategy.close()
         return summary
     finally:
