@@ -98,6 +98,10 @@ def _transient(exc: BaseException) -> bool:
     return not isinstance(exc, MlflowException) or exc.get_http_status_code() >= 500
 
 
+def _training_steps(metrics: list) -> list[int]:
+    return [m.step for m in metrics if not m.key.startswith("system/")]  # system samples count on their own
+
+
 def _clock(t: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t))
 
@@ -117,7 +121,7 @@ class Outbox:
         self.max_batches = max_batches or int(os.environ.get(BUFFER_ENV, "100000"))
         self._queue: collections.deque[tuple[list, list, list]] = collections.deque()
         self._cond = threading.Condition()
-        self._sending = 0  # batches taken off the queue, in flight
+        self._inflight: list[tuple[list, list, list]] = []  # taken off the queue, being sent
         self._closed = False
         self.down_since: float | None = None
         self.last_error = ""
@@ -145,13 +149,13 @@ class Outbox:
 
     def pending(self) -> int:
         with self._cond:
-            return len(self._queue) + self._sending
+            return len(self._queue) + len(self._inflight)
 
     def flush(self, timeout: float) -> bool:
         """Wait until every queued batch is logged; False if ``timeout`` seconds pass first."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._sending:
+            while self._queue or self._inflight:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -170,9 +174,9 @@ class Outbox:
 
     def describe_failure(self) -> str:
         with self._cond:
-            batches = list(self._queue)
-            n = len(batches) + self._sending
-        steps = sorted({m.step for b in batches for m in b[0]})
+            batches = self._inflight + list(self._queue)
+            n = len(batches)
+        steps = sorted({step for b in batches for step in _training_steps(b[0])})
         since = (f" since {_clock(self.down_since)} ({time.time() - self.down_since:.0f} s)"
                  if self.down_since else "")
         what = f"{n} batch(es) of metrics/params/tags"
@@ -184,7 +188,7 @@ class Outbox:
     # -- the sender thread
     def _note_waiting(self, metrics: list) -> None:
         self.waited += 1
-        self._steps.extend(m.step for m in metrics)
+        self._steps.extend(_training_steps(metrics))
 
     def _take(self) -> list[tuple[list, list, list]]:
         """Batches from the head that fit in one ``log_batch`` call (caller holds the lock)."""
@@ -209,8 +213,7 @@ class Outbox:
                     self._cond.wait()
                 if not self._queue:
                     return
-                taken = self._take()
-                self._sending = len(taken)
+                taken = self._inflight = self._take()
             metrics, params, tags = ([x for b in taken for x in b[i]] for i in range(3))
             try:
                 client.log_batch(self.run_id, metrics=metrics, params=params, tags=tags)
@@ -223,7 +226,7 @@ class Outbox:
                 log.warning("MLflow rejected %d metric(s), %d param(s), %d tag(s) for run %s; dropped: %s",
                             len(metrics), len(params), len(tags), self.run_id, exc)
             with self._cond:
-                self._sending = 0
+                self._inflight = []
                 if self.down_since is not None:
                     self._recovered()
                 self._cond.notify_all()
@@ -232,7 +235,7 @@ class Outbox:
         with self._cond:
             for batch in reversed(taken):  # back to the head, in order
                 self._queue.appendleft(batch)
-            self._sending = 0
+            self._inflight = []
             self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if self.down_since is None:
                 self.down_since = time.time()
