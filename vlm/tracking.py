@@ -122,6 +122,7 @@ class Outbox:
         self._queue: collections.deque[tuple[list, list, list]] = collections.deque()
         self._cond = threading.Condition()
         self._inflight: list[tuple[list, list, list]] = []  # taken off the queue, being sent
+        self._single = 0  # after a rejected merged call, send this many batches one per call
         self._closed = False
         self.down_since: float | None = None
         self.last_error = ""
@@ -192,6 +193,9 @@ class Outbox:
 
     def _take(self) -> list[tuple[list, list, list]]:
         """Batches from the head that fit in one ``log_batch`` call (caller holds the lock)."""
+        if self._single:
+            self._single -= 1
+            return [self._queue.popleft()]
         taken, counts = [], [0, 0, 0]
         while self._queue:
             batch = self._queue[0]
@@ -220,8 +224,12 @@ class Outbox:
             except Exception as exc:  # noqa: BLE001 - classified below: retried, or dropped with a warning
                 if _transient(exc):
                     self._went_down(exc, taken)
+                    time.sleep(self.retry_s)
+                    continue
+                if len(taken) > 1:  # find the one the server refuses: send these one per call
                     with self._cond:
-                        self._cond.wait(self.retry_s)
+                        self._queue.extendleft(reversed(taken))
+                        self._inflight, self._single = [], len(taken)
                     continue
                 log.warning("MLflow rejected %d metric(s), %d param(s), %d tag(s) for run %s; dropped: %s",
                             len(metrics), len(params), len(tags), self.run_id, exc)
