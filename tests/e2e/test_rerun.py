@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -108,6 +109,8 @@ def test_rerun_after_sigkill_reuses_data_resumes_training_one_parent_run(workdir
 
     # data steps reused: nothing re-sharded, no expert shard recomputed, the files untouched
     assert "already complete for this input and config" in text
+    computed = re.findall(r'"shards_computed": (\d+)', text)
+    assert computed and set(computed) == {"0"}, f"experts recomputed shards: {computed}"
     assert _sha256(manifests[0]) == manifest_sha and _sha256(labels[0]) == labels_sha
     summary = json.loads((run_dir / "pretrain" / "model-summary.json").read_text())
     resumed = summary["resumed_from_step"]
@@ -128,4 +131,5 @@ def test_rerun_after_sigkill_reuses_data_resumes_training_one_parent_run(workdir
     assert max(steps) == 300 and min(steps) < resumed, "one metric history across both attempts"
     print(f"\nre-run after SIGKILL: killed {t_kill:.1f}s after start at checkpoint {killed_at}; the re-run resumed "
           f"training from step {resumed} and finished the pipeline in {rerun_s:.1f}s; one parent run "
-          f"{parents[0].info.run_id} FINISHED, {len(children)} stage runs")
+          f"{parents[0].info.run_id} FINISHED; stage runs: "
+          f"{sorted((r.data.tags.get('vlm.stage'), r.info.status) for r in children)}")
