@@ -212,17 +212,18 @@ class MlflowServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def serve_mlflow(command: str, args: list[str], work: Path, env: dict[str, str] | None = None
-                 ) -> tuple[str, subprocess.Popen]:
+def serve_mlflow(command: str, args: list[str], work: Path, env: dict[str, str] | None = None,
+                 port: int | None = None) -> tuple[str, subprocess.Popen]:
     """``mlflow <command> --host 127.0.0.1 --port P --workers 1 <args>`` run in ``work`` (``server`` or ``ui``),
-    waited for until ``/health`` answers; returns its URL and process (the log is ``work/mlflow-<command>.log``)."""
+    waited for until ``/health`` answers; returns its URL and process (the log is ``work/mlflow-<command>.log``).
+    ``port`` (default: a free one) restarts a server where its clients expect it."""
     env = {**(env or os.environ), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    port = free_port()
+    port = port or free_port()
     cmd = [str(Path(sys.executable).parent / "mlflow"), command, "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1", *args]
     log = work / f"mlflow-{command}.log"
-    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=work,
+    proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=work,
                             start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
 

@@ -106,17 +106,25 @@ def prepare(config_yaml: str, overrides_json: str = "{}", run_tag: str = "", par
     text = yaml.safe_dump(redact.scrub_config(cfg.model_dump(mode="json"), log), sort_keys=False)
     storage.write_text(layout["config"], text)
     tracking.configure(cfg.tracking.uri)
-    if not parent_run_id:
-        import mlflow
-        from mlflow import MlflowClient
+    import mlflow
+    from mlflow import MlflowClient
 
+    params = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in {"tracking"}}
+    if not parent_run_id:
         exp_id = tracking.ensure_experiment(cfg.experiment_name())
         mlflow.set_experiment(experiment_id=exp_id)
-        parent_run_id = MlflowClient().create_run(exp_id, run_name=f"pipeline-{tag}",
-                                                  tags={tracking.PIPELINE_TAG: cfg.name, "vlm.run_tag": tag}).info.run_id
+        previous = tracking.find_pipeline_run(exp_id, tag)
+        if previous is not None:  # a re-run (e.g. after a crash): one parent run per pipeline run
+            tracking.reopen_pipeline_run(previous)
+            parent_run_id = previous.info.run_id
+        else:
+            parent_run_id = MlflowClient().create_run(exp_id, run_name=f"pipeline-{tag}",
+                                                      tags={tracking.PIPELINE_TAG: cfg.name,
+                                                            tracking.RUN_TAG: tag}).info.run_id
+    params = tracking.unlogged_params(parent_run_id, params)
     run = tracking.Run(parent_run_id)
-    run.set_tags({"vlm.run_tag": tag, "vlm.launcher": launcher})
-    run.log_params({k: v for k, v in cfg.model_dump(mode="json").items() if k not in {"tracking"}})
+    run.set_tags({tracking.RUN_TAG: tag, "vlm.launcher": launcher})
+    run.log_params(params)
     run.log_text(text, "config.yaml")
     log.info("pipeline run %s: config at %s, MLflow parent run %s", tag, layout["config"], parent_run_id)
     return {"config_uri": layout["config"], "parent_run_id": parent_run_id, "run_tag": tag, **layout}
@@ -325,11 +333,11 @@ def finish(config_yaml: str, run_tag: str, state: str, error: str = "", parent_r
     client = MlflowClient()
     if not parent_run_id:
         exp = client.get_experiment_by_name(cfg.experiment_name())
-        runs = client.search_runs([exp.experiment_id], f"tags.`vlm.run_tag` = '{_tag(run_tag)}'") if exp else []
-        if not runs:
+        run = tracking.find_pipeline_run(exp.experiment_id, _tag(run_tag)) if exp else None
+        if run is None:
             log.warning("no MLflow parent run tagged vlm.run_tag=%s; nothing to close", _tag(run_tag))
             return ""
-        parent_run_id = runs[0].info.run_id
+        parent_run_id = run.info.run_id
     if state.upper() in {"SUCCEEDED", "SUCCESS"}:
         client.set_terminated(parent_run_id, "FINISHED")
     else:

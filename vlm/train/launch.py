@@ -70,16 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    from vlm.tracking import TrackingUnavailable
     from vlm.train.checkpoint import CheckpointError
     from vlm.train.labels import ExpertLabelsError
     from vlm.train.trainer import train
 
+    _die_with_parent()
     try:
         summary = train(cfg, args.stage, args.data or None, args.output or None, args.init_from or None,
                         labels_uri=args.labels or None)
     except (ExpertLabelsError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrackingUnavailable as exc:  # raised after the checkpoints and the model artefact are written
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except Exception as exc:
         from vlm.cli_utils import input_error
 
@@ -95,6 +100,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(text)
     return 0
+
+
+def _die_with_parent() -> None:
+    """Under torchrun (which starts workers in sessions of their own) die with the agent: a killed ``vlm run``
+    must not leave a worker training on (Linux only)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the agent died before prctl took effect
+        os._exit(1)
 
 
 def torchrun_command(nproc: int, module_args: list[str]) -> list[str]:

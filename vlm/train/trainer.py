@@ -201,20 +201,15 @@ class Trainer:
     # ------------------------------------------------------------------------------ fit
     def fit(self) -> TrainResult:
         """Train from the resumed step to ``train.steps`` inside the stage's MLflow run (a resumed run attaches
-        to the checkpoint's run); the result on every rank."""
+        to the checkpoint's run; buffered, with system metrics); the result on every rank."""
         from vlm import tracking
 
         if self.info.is_main:
             tracking.configure(self.job.tracking_uri)
-        run_id = self.state.get("run_id")
-        with tracking.stage_run(self.job.stage, self.job.experiment, run_id=run_id, run_name=self.job.stage) as run:
+        with tracking.stage_run(self.job.stage, self.job.experiment, run_id=self.state.get("run_id"),
+                                run_name=self.job.stage, resume=True, buffered=True, system_metrics=True) as run:
             self.tracker = run
-            result = self._train()
-            if run.active and run_id:
-                from mlflow import MlflowClient
-
-                MlflowClient().set_terminated(run.run_id, "FINISHED")  # an attached (resumed) run
-        return result
+            return self._train()
 
     def _train(self) -> TrainResult:
         tcfg = self.cfg
