@@ -96,12 +96,13 @@ def _measure(step_fn, batches, warmup: int, steps: int, device, batch_size: int,
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(steps):
         step_fn(batches[(warmup + i) % len(batches)])
     _sync(device)
     dt = (time.perf_counter() - t0) / steps
-    out = {"step_time_s": round(dt, 4), "samples_per_s": round(batch_size / dt, 2), "tokens_per_s": round(tokens / dt, 1)}
+    out = {"step_time_s": round(dt, 4), "samples_per_s": round(batch_size / dt, 2), "tokens_per_s": round(tokens / dt, 1),
+           "cpu_s_per_step": round((time.process_time() - c0) / steps, 4)}  # ~ idle step time x threads on a busy host
     if device.type == "cuda":
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         from vlm.train.loop import peak_flops

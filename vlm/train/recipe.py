@@ -19,7 +19,7 @@ from vlm.data import format as fmt
 
 
 def _qa(data_uri: str, split: str, decoded: bool = False):
-    """``(sample, [(question, answer), ...])`` of every sample of ``split`` with valid QA."""
+    """``(sample, [(question, majority answer, all answers), ...])`` of every sample of ``split`` with valid QA."""
     for raw in fmt.iter_samples(data_uri, split, decoded=False, rank=0, world_size=1, worker=0, num_workers=1):
         try:
             qa, _ = fmt.parse_qa(fmt.sample_meta(raw).get("qa"))
@@ -27,7 +27,7 @@ def _qa(data_uri: str, split: str, decoded: bool = False):
         except fmt.SampleError:
             continue
         if qa:
-            yield sample, [(item.question, item.answer) for item in qa]
+            yield sample, [(item.question, item.answer, item.answers) for item in qa]
 
 
 def question_type(question: str, answer: str) -> str:
@@ -53,7 +53,7 @@ class TextLookup:
         self.answers: dict[str, Counter] = defaultdict(Counter)
         overall: Counter = Counter()
         for _, qa in _qa(data_uri, split):
-            for q, a in qa:
+            for q, a, _ in qa:
                 self.answers[_norm(q)][_norm(a)] += 1
                 overall[_norm(a)] += 1
         if not overall:
@@ -67,20 +67,20 @@ class TextLookup:
 
 def probe(model, data_uri: str, split: str = "test", images: int = 150, batch_size: int = 32,
           max_new_tokens: int = 6) -> dict[str, Any]:
-    """Greedy exact match on every question of the first ``images`` samples of ``split`` (a held-out split).
+    """Greedy exact match (any reference answer) on every question of the first ``images`` samples of ``split`` (a held-out split).
 
     Returns ``metrics`` (``probe/overall``, ``probe/image_needed``, ``probe/<type>``, ``probe/lookup_*``,
     counts) and a few ``examples``."""
     if split == "train":
         raise ValueError("the probe must run on a held-out split, not 'train'")
     lookup = TextLookup(data_uri)
-    items: list[tuple[Any, str, str]] = []
+    items: list[tuple[Any, str, str, tuple[str, ...]]] = []
     n_images = 0
     for sample, qa in _qa(data_uri, split, decoded=True):
         if n_images >= images:
             break
         n_images += 1
-        items += [(sample["image"], q, a) for q, a in qa]
+        items += [(sample["image"], q, a, answers) for q, a, answers in qa]
     if not items:
         raise ValueError(f"no {split} QA pairs under {data_uri}: nothing to probe")
     preds: list[str] = []
@@ -88,8 +88,9 @@ def probe(model, data_uri: str, split: str = "test", images: int = 150, batch_si
         chunk = items[i : i + batch_size]
         preds += model.generate([c[0] for c in chunk], instructions=[c[1] for c in chunk], num_beams=1,
                                 max_new_tokens=max_new_tokens)
-    rows = [{"type": question_type(q, a), "correct": _norm(p) == _norm(a), "lookup": lookup(q) == _norm(a),
-             "q": q, "answer": a, "pred": p} for (_, q, a), p in zip(items, preds)]
+    rows = [{"type": question_type(q, a), "correct": _norm(p) in {_norm(x) for x in answers},
+             "lookup": lookup(q) in {_norm(x) for x in answers}, "q": q, "answer": a, "pred": p}
+            for (_, q, a, answers), p in zip(items, preds)]
 
     def acc(sel: list[dict], key: str = "correct") -> float:
         return sum(r[key] for r in sel) / len(sel) if sel else float("nan")
