@@ -23,6 +23,9 @@ def register(app: typer.Typer) -> None:
         """Train a stage (resumes automatically from the latest checkpoint)."""
         import os
 
+        from vlm.train import threads
+
+        threads.wait_policy()  # takes effect only if torch is not loaded yet
         from vlm.config import ConfigError
         from vlm.train.launch import launch_local, load
 
@@ -40,6 +43,7 @@ def register(app: typer.Typer) -> None:
                                      if v for a in (f, v)]
             args += [a for s in set_ for a in ("--set", s)]
             raise typer.Exit(launch_local(config, n, args))
+        threads.apply()
         from vlm.train.labels import ExpertLabelsError
         from vlm.train.loop import train
 

@@ -59,6 +59,9 @@ def load(config: str, overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vlm.train import threads
+
+    threads.apply()  # before anything imports torch
     from vlm.config import ConfigError
     from vlm.logs import setup_logging
 
@@ -125,8 +128,10 @@ def launch_local(config_path: str, nproc: int, args: list[str] | None = None, en
     With ``nproc`` 1 the entrypoint still runs under torchrun, so the code path is the one of a cluster job.
     """
     cmd = torchrun_command(nproc, ["--config", str(config_path), *(args or [])])
+    from vlm.train import threads
+
     full_env = {**os.environ, **(env or {})}
-    full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, nproc))))
+    full_env.update(threads.env(nproc, full_env))
     log.info("launching: %s", " ".join(cmd))
     return subprocess.run(cmd, env=full_env, timeout=timeout).returncode
 

@@ -359,6 +359,7 @@ def _run(cfg, tcfg: TrainConfig, stage, info, strategy, ckpt: CheckpointManager,
         run.log_metrics({k.replace("eval/", "eval/final_"): v for k, v in metrics_after.items()}, step=step)
         log.info("eval after training: %s", _fmt(metrics_after))
     _save_model(strategy, output_uri, info, tcfg, factory, model_cfg)
+    probe = _probe(strategy.model, data_uri, tcfg, run) if tcfg.probe_images and info.is_main else {}
     if run.active:
         run.set_tags({"vlm.model_uri": output_uri, "vlm.checkpoint_uri": ckpt_uri})
         run.log_artifact(str(storage.local_copy(output_uri)), "model")
@@ -375,7 +376,17 @@ def _run(cfg, tcfg: TrainConfig, stage, info, strategy, ckpt: CheckpointManager,
             "resumed_from_step": start, "final_loss": last_loss, "eval_before": metrics_before,
             "eval_after": metrics_after, "model_uri": output_uri, "checkpoint_uri": ckpt_uri,
             "run_id": run.run_id, "rejected_samples": int(total_rejected), "rejected": by_reason,
-            "labels_uri": labels.labels_uri if labels else "", "missing_labels": missing, **throughput}
+            "labels_uri": labels.labels_uri if labels else "", "missing_labels": missing, "probe": probe, **throughput}
+
+
+def _probe(model, data_uri: str, tcfg: TrainConfig, run) -> dict[str, float]:
+    """Held-out exact match per question type vs the text-only lookup (`vlm.train.recipe`), as probe/* metrics."""
+    from vlm.train.recipe import probe, table
+
+    metrics = probe(model, data_uri, tcfg.probe_split, tcfg.probe_images)["metrics"]
+    run.log_metrics(metrics, step=tcfg.steps)
+    log.info("held-out probe:\n%s", table(metrics))
+    return metrics
 
 
 def _sum_counts(per_worker: dict[int, dict[str, int]]) -> dict[str, int]:
