@@ -3,39 +3,66 @@
     .venv/bin/python benchmarks/train_step.py                      # default models (EfficientNet-Lite0 + SmolLM2), CPU
     .venv/bin/python benchmarks/train_step.py --tiny               # tiny random models (smoke test, seconds)
     .venv/bin/python benchmarks/train_step.py --realistic          # GPU: ~1B Llama + ViT-L (random init), bf16 ZeRO-2
+    .venv/bin/python benchmarks/train_step.py --recipe configs/stage1.yaml --contend   # the recipe's model, and
+                                                                   # each variant again beside a CPU busy loop
 
 The reference loop calls the model directly (fp32, torch AdamW, no strategy, no clipping/scheduler/autocast).
 The engine runs the same pre-collated batches through ``vlm.train`` strategies (``none`` and, with
 ``--realistic`` or ``--strategy deepspeed``, DeepSpeed ZeRO-2 in one process) with fp32 and bf16 autocast.
-Prints one JSON line per variant: step time, samples/s, tokens/s, peak memory and (GPU) MFU.
+``--recipe FILE`` adds the engine on that config's model section (pooled visual tokens, encoder cache), bf16.
+``--contend`` times each variant again with one CPU-bound process running beside it (``contended_*``,
+``slowdown`` = contended / idle step time). The thread policy of ``vlm.train.threads`` (OMP_WAIT_POLICY=PASSIVE)
+applies unless ``--omp-default``.
+Prints one JSON line per variant: step time, samples/s, tokens/s, peak memory and (GPU) MFU; then the
+speed-ups over the reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+if "--omp-default" not in sys.argv:
+    from vlm.train import threads
+
+    threads.wait_policy()  # before torch loads OpenMP
+
+import torch  # noqa: E402
 
 
-def _images(n: int, size: int = 64):
+def _images(n: int, size: int = 64, offset: int = 0):
     from PIL import Image, ImageDraw
 
     out = []
-    for i in range(n):
+    for i in range(offset, offset + n):
         img = Image.new("RGB", (size, size), (240, 240, 240))
-        ImageDraw.Draw(img).ellipse((8, 8, size - 8, size - 8), fill=((i * 70) % 255, 90, 200))
+        ImageDraw.Draw(img).ellipse((8, 8, size - 8, size - 8), fill=((i * 70) % 255, 90 + i % 100, 200))
         out.append(img)
     return out
 
 
-def _examples(n: int) -> list[dict]:
+def _examples(n: int, offset: int = 0) -> list[dict]:
     return [{"image": im, "instruction": "What shape is in the image?", "answer": "a circle in the middle of the image"}
-            for im in _images(n)]
+            for im in _images(n, offset=offset)]
+
+
+@contextlib.contextmanager
+def _busy_process():
+    """One CPU-bound process (a Python busy loop) running beside the block."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _realistic_sources(root: Path) -> dict:
@@ -69,12 +96,13 @@ def _measure(step_fn, batches, warmup: int, steps: int, device, batch_size: int,
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(steps):
         step_fn(batches[(warmup + i) % len(batches)])
     _sync(device)
     dt = (time.perf_counter() - t0) / steps
-    out = {"step_time_s": round(dt, 4), "samples_per_s": round(batch_size / dt, 2), "tokens_per_s": round(tokens / dt, 1)}
+    out = {"step_time_s": round(dt, 4), "samples_per_s": round(batch_size / dt, 2), "tokens_per_s": round(tokens / dt, 1),
+           "cpu_s_per_step": round((time.process_time() - c0) / steps, 4)}  # ~ idle step time x threads on a busy host
     if device.type == "cuda":
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         from vlm.train.metrics import peak_flops
@@ -95,6 +123,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--strategy", default="", help="also time this strategy (e.g. deepspeed) besides 'none'")
     ap.add_argument("--cache", default=os.environ.get("VLM_CACHE_DIR", ".cache/vlm"))
+    ap.add_argument("--recipe", default="", help="also time the engine on this pipeline config's model section")
+    ap.add_argument("--contend", action="store_true", help="time each variant again beside a CPU busy loop")
+    ap.add_argument("--omp-default", action="store_true", help="leave OpenMP's wait policy at its default")
     args = ap.parse_args()
 
     from vlm.logs import setup_logging
@@ -118,11 +149,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = build(mcfg).to(device)
     counts = model.parameter_counts()
-    batches = [model.collate(_examples(args.batch_size)) for _ in range(2)]
-    batches = [to_device(b, device) for b in batches]
+    n_batches = 2
+    batches = [to_device(model.collate(_examples(args.batch_size, i * args.batch_size)), device)
+               for i in range(n_batches)]
     tokens = count_tokens(batches[0])
     fpt = flops_per_token(counts)
     header = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
               "vision": mcfg.vision.type, "llm": mcfg.llm.type, "adapter": mcfg.adapter.type, **counts,
               "batch_size": args.batch_size, "text_tokens_per_batch": tokens}
     print(json.dumps(header), flush=True)
@@ -141,14 +174,24 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    variants = [("reference fp32", None, None)]
+    variants = [("reference fp32", None, None, model)]
     if not args.realistic:
-        variants += [("engine none fp32", "none", "fp32")]
-    variants += [("engine none bf16", "none", "bf16")]
+        variants += [("engine none fp32", "none", "fp32", model)]
+    variants += [("engine none bf16", "none", "bf16", model)]
     if args.strategy or args.realistic:
-        variants += [(f"engine {args.strategy or 'deepspeed'} zero2 bf16", args.strategy or "deepspeed", "bf16")]
-    for name, strategy, precision in variants:
-        reset()
+        variants += [(f"engine {args.strategy or 'deepspeed'} zero2 bf16", args.strategy or "deepspeed", "bf16", model)]
+    if args.recipe:
+        import yaml
+
+        rcfg = ModelConfig.model_validate({**(yaml.safe_load(Path(args.recipe).read_text()).get("model") or {}),
+                                           **model_kw})
+        torch.manual_seed(0)
+        recipe_model = build(rcfg).to(device)
+        variants += [(f"engine none bf16 {Path(args.recipe).stem}", "none", "bf16", recipe_model)]
+    results: dict[str, float] = {}
+    for name, strategy, precision, net in variants:
+        if net is model:
+            reset()
         if strategy is None:
             fn = ref_step
         else:
@@ -159,13 +202,21 @@ def main() -> None:
             tcfg = TrainConfig(strategy=strategy, precision=precision, batch_size=args.batch_size, lr=1e-4,
                                steps=args.steps + args.warmup, zero_stage=2)
             strat = get_strategy(tcfg, DistInfo(0, 1, 0, device))
-            strat.setup(model)
+            strat.setup(net)
 
             def fn(batch, strat=strat):
                 strat.micro_step(batch, last=True)
                 strat.step()
         res = _measure(fn, batches, args.warmup, args.steps, device, args.batch_size, tokens, fpt)
+        results[name] = res["samples_per_s"]
+        if args.contend:
+            with _busy_process():
+                busy = _measure(fn, batches, 1, args.steps, device, args.batch_size, tokens, fpt)
+            res.update({f"contended_{k}": v for k, v in busy.items()},
+                       slowdown=round(busy["step_time_s"] / res["step_time_s"], 2))
         print(json.dumps({"variant": name, **res}), flush=True)
+    ref = results.pop("reference fp32")
+    print(json.dumps({"speedup_vs_reference": {k: round(v / ref, 2) for k, v in results.items()}}), flush=True)
 
 
 if __name__ == "__main__":

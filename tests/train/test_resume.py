@@ -77,16 +77,6 @@ def test_a_dangling_latest_pointer_is_ignored(shards, tmp_path):
     assert out["resumed_from_step"] == 0 and (ckpt / "latest").read_text() == "step-000002"
 
 
-def test_vqa_probe_reports_accuracy_and_baselines(shards, tmp_path):
-    from vlm.train.recipe import vqa_probe
-
-    out = train(_cfg(tmp_path, steps=2, eval_samples=0), "pretrain", shards, str(tmp_path / "model"))
-    probe = vqa_probe(out["model_uri"], shards, split="val", n=4, batch_size=4)
-    assert probe["n"] >= 1 and 0.0 <= probe["exact_match"] <= 1.0
-    assert probe["majority_answer"] in {"red", "green", "blue", "yellow"}
-    assert 0.0 <= probe["majority_baseline"] <= 1.0 and len(probe["examples"]) == probe["n"]
-
-
 def test_finetune_starts_from_the_stage_one_artefact(shards, tmp_path):
     ask = ["Describe this image."]  # the same request in both stages, so their held-out losses are comparable
     raw = tiny_config(tmp_path, steps=2, eval_samples=4, tasks=["caption"], caption_instructions=ask)

@@ -19,6 +19,11 @@ class VisionConfig(Section):
     source: str | None = Field(None, description="local path or S3 URI of a Hugging Face vision model (type 'hf')")
     image_size: int | None = Field(None, ge=16, description="input size; None = the encoder's own (224 for "
                                    "EfficientNet-Lite0, the HF config's, 32 for tiny)")
+    pool_grid: int | None = Field(None, ge=1, description="average-pool the encoder's square token grid to "
+                                  "pool_grid x pool_grid tokens (e.g. 7x7 -> 2x2; a leading CLS token is kept); "
+                                  "None = every token")
+    cache_size: int = Field(0, ge=0, description="keep the frozen encoder's (pooled) tokens of this many recent "
+                        "images in memory, keyed by their pixels (no effect with bottleneck adaptors in the encoder)")
 
     @model_validator(mode="after")
     def _source_for_hf(self) -> VisionConfig:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,16 +24,25 @@ from vlm.models.experts import ExpertsInput, collate_experts
 from vlm.models.fusion import MPlugFusion
 from vlm.models.layers import Bottleneck
 from vlm.models.llm import build_llm, decoder_layers
-from vlm.models.vision import ImageLike, build_vision
+from vlm.models.vision import ImageLike, TokenCache, build_vision, pool_tokens
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class VLMOutput:
-    loss: torch.Tensor | None
-    logits: torch.Tensor
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    """``loss``, per-objective ``losses`` and ``logits`` ``(B, T, V)``, computed on first access only: training
+    reads the loss alone, which needs the LM head on the supervised positions only."""
+
+    def __init__(self, loss: torch.Tensor | None, logits: torch.Tensor | Callable[[], torch.Tensor],
+                 losses: dict[str, torch.Tensor] | None = None):
+        self.loss, self.losses = loss, dict(losses or {})
+        self._logits = logits
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if callable(self._logits):
+            self._logits = self._logits()
+        return self._logits
 
 
 def _residual_hook(adaptor: nn.Module):
@@ -74,6 +82,7 @@ class VisionLanguageModel(nn.Module):
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         before, after = config.prompt_template.split(IMAGE_PLACEHOLDER)
         self._template = (before, after)
+        self._vision_cache = TokenCache(config.vision.cache_size) if config.vision.cache_size else None
         self.train(False)
 
     # ----------------------------------------------------------------------------------- setup
@@ -184,7 +193,11 @@ class VisionLanguageModel(nn.Module):
         """Frozen encoder tokens (+ experts resampler tokens) in the vision width, before the adapter."""
         grad = torch.is_grad_enabled() and len(self.vision_adaptors) > 0
         with torch.set_grad_enabled(grad):
-            x = self.vision(pixel_values.to(self.device))
+            if self._vision_cache is not None and not self.vision_adaptors:
+                salt = str(torch.get_autocast_dtype(self.device.type)) if torch.is_autocast_enabled() else "fp32"
+                x = self._vision_cache(pixel_values, self._encode, salt)
+            else:
+                x = self._encode(pixel_values)
         if self.experts_input is not None:
             if expert_maps is None:
                 b = x.shape[0]
@@ -194,6 +207,10 @@ class VisionLanguageModel(nn.Module):
                 experts_present = torch.zeros(b, n, dtype=torch.bool)
             x = torch.cat([x, self.experts_input(expert_maps.to(self.device), experts_present.to(self.device))], 1)
         return x
+
+    def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.vision(pixel_values.to(self.device))
+        return pool_tokens(x, self.config.vision.pool_grid) if self.config.vision.pool_grid else x
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.llm.get_input_embeddings()(ids.to(self.device))
@@ -234,11 +251,20 @@ class VisionLanguageModel(nn.Module):
                 img = self.fusion(img, self._embed(p_ids), p_mask)
             embeds, attn, full_labels = self._splice(img, self._embed(input_ids), attention_mask, labels,
                                                      image_positions)
-            logits = self.llm(inputs_embeds=embeds, attention_mask=attn).logits
+            hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
+        head = self.llm.get_output_embeddings()
+
+        def logits() -> torch.Tensor:
+            with self._autocast():
+                return head(hidden)
+
         losses: dict[str, torch.Tensor] = {}
         if full_labels is not None:
-            losses["caption"] = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), full_labels[:, 1:].flatten(),
-                                                ignore_index=-100)
+            target = full_labels[:, 1:]
+            keep = target != -100  # the LM head and cross-entropy on supervised positions only
+            with self._autocast():
+                sup = head(hidden[:, :-1][keep])
+            losses["caption"] = F.cross_entropy(sup.float(), target[keep])
             w = self.config.losses
             if self.fusion is not None and (w.itc or w.itm) and len(input_ids) > 1:
                 a_ids, a_mask = self._select(input_ids, labels != -100, pad)

@@ -6,15 +6,19 @@ Registry: ``VISION_ENCODERS[type](cfg, seed)``; add an encoder by writing a buil
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -158,6 +162,54 @@ def _tiny(cfg: VisionConfig, seed: int) -> VisionEncoder:
         torch.manual_seed(seed)
         model = ViTModel(vcfg, add_pooling_layer=False)
     return HFVision(model, size)
+
+
+def pool_tokens(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """``(B, N, D)`` tokens of a square ``g x g`` grid (optionally after one CLS token) -> ``grid x grid`` tokens
+    (adaptive average pooling; a CLS token is kept in front)."""
+    n = x.shape[1]
+    side = math.isqrt(n)
+    cls = x[:, :0]
+    if side * side != n and math.isqrt(n - 1) ** 2 == n - 1:
+        cls, x, side = x[:, :1], x[:, 1:], math.isqrt(n - 1)
+    elif side * side != n:
+        raise ValueError(f"vision.pool_grid needs a square token grid, the encoder returns {n} tokens")
+    if grid >= side:
+        return torch.cat([cls, x], 1)
+    b, _, d = x.shape
+    pooled = F.adaptive_avg_pool2d(x.transpose(1, 2).reshape(b, d, side, side), grid)
+    return torch.cat([cls, pooled.flatten(2).transpose(1, 2)], 1)
+
+
+class TokenCache:
+    """LRU of a frozen encoder's outputs per image, keyed by a digest of the image's pixel values."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __call__(self, pixel_values: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor],
+                 salt: str = "") -> torch.Tensor:
+        """``encode(pixel_values)`` with the rows seen before taken from the cache (only the others encoded)."""
+        keys = [hashlib.blake2b(row.contiguous().cpu().numpy().tobytes(), digest_size=16, person=salt.encode()[:16])
+                .digest() for row in pixel_values]
+        missing = [i for i, k in enumerate(keys) if k not in self._items]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            new = encode(pixel_values[missing]).detach()
+            for i, row in zip(missing, new):
+                self._items[keys[i]] = row
+        for k in keys:
+            self._items.move_to_end(k)
+        out = torch.stack([self._items[k] for k in keys])
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return out
 
 
 def build_vision(cfg: VisionConfig, seed: int = 0) -> VisionEncoder:

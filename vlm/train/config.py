@@ -32,6 +32,9 @@ class TrainConfig(Section):
     eval_every: int = Field(0, ge=0, description="0 = evaluate only before and after training")
     eval_samples: int = Field(64, ge=0)
     log_every: int = Field(1, ge=1)
+    probe_images: int = Field(0, ge=0, description="after training, answer every question of this many held-out "
+                              "images (probe_split) and log the exact match as probe/* metrics (0 = off)")
+    probe_split: str = Field("test", description="held-out split of the probe (never 'train')")
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     resume: bool = Field(True, description="resume from the latest checkpoint when one exists")
@@ -50,6 +53,8 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if self.probe_images and self.probe_split == self.split:
+            raise ValueError(f"probe_split {self.probe_split!r} is the training split: the probe must be held out")
         if not self.tasks:
             raise ValueError("tasks must name at least one of 'caption', 'vqa'")
         if "caption" in self.tasks and not self.caption_instructions:

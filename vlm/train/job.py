@@ -90,6 +90,7 @@ class TrainResult:
     rejected: dict[str, int]  # samples dropped by reason (SAMPLE_REASONS), all ranks
     labels_uri: str
     missing_labels: dict[str, int]
+    probe: dict[str, float] = field(default_factory=dict)  # probe/* metrics (train.probe_images; rank 0)
     throughput: dict[str, float] = field(default_factory=dict)  # samples_per_s, tokens_per_s of the last window
 
     def to_dict(self) -> dict[str, Any]:

@@ -60,6 +60,9 @@ def load(config: str, overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vlm.train import threads
+
+    threads.apply()  # before anything imports torch
     from vlm.config import ConfigError
     from vlm.logs import setup_logging
 
@@ -128,8 +131,10 @@ def launch_local(config_path: str, nproc: int, args: list[str] | None = None, en
     With ``nproc`` 1 the entrypoint still runs under torchrun, so the code path is the one of a cluster job.
     """
     cmd = torchrun_command(nproc, ["--config", str(config_path), *(args or [])])
+    from vlm.train import threads
+
     full_env = {**os.environ, **(env or {})}
-    full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, nproc))))
+    full_env.update(threads.env(nproc, full_env))
     log.info("launching: %s", " ".join(cmd))
     return subprocess.run(cmd, env=full_env, timeout=timeout).returncode
 
@@ -153,9 +158,9 @@ def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "
     running ``python -m vlm.train --config config_uri`` (a URI the pods read), its summary at ``summary_uri``
     (default ``<output>-summary.json``). ``local``: ``nproc`` (default the stage's ``nproc``) processes under
     torchrun, or this process when that is 1 (or this is already a torchrun worker) and not ``isolate`` (the
-    pipeline step isolates even one process). ``config_uri`` + ``overrides`` (``--set KEY=VALUE``) must give
-    ``cfg``; without ``config_uri`` a local launch writes ``cfg`` to a temporary file. ``env``: extra environment
-    of the launched processes. Raises
+    pipeline step isolates even one process); either way with :mod:`vlm.train.threads`' policy.
+    ``config_uri`` + ``overrides`` (``--set KEY=VALUE``) must give ``cfg``; without ``config_uri`` a local launch
+    writes ``cfg`` to a temporary file. ``env``: extra environment of the launched processes. Raises
     :class:`LaunchError` when torchrun fails, :class:`vlm.k8s.lifecycle.ClusterJobError` when the job does.
     """
     from vlm.train.job import TrainJob
@@ -164,6 +169,9 @@ def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "
     cluster = cfg.cluster.launcher != "local"
     n = nproc or job.train.nproc
     if not cluster and not isolate and (n == 1 or "LOCAL_RANK" in os.environ):
+        from vlm.train import threads
+
+        threads.apply()
         from vlm.train.trainer import run
 
         return run(job).to_dict()

@@ -276,17 +276,29 @@ class Trainer:
         self._window = _Window()
 
     def final_eval(self) -> TrainResult:
-        """After the last step: the held-out eval, the model artefact (logged to the run), the data counts."""
+        """After the last step: the held-out eval, the model artefact (logged to the run), the held-out probe
+        (``train.probe_images``, rank 0), the data counts."""
         metrics_after = self.evaluate()
         if metrics_after:
             self.tracker.log_metrics({k.replace("eval/", "eval/final_"): v for k, v in metrics_after.items()},
                                      step=self.global_step)
             log.info("eval after training: %s", fmt(metrics_after))
         self._save_model()
+        probe = self._probe() if self.cfg.probe_images and self.info.is_main else {}
         if self.tracker.active:
             self.tracker.set_tags({"vlm.model_uri": self.job.output_uri, "vlm.checkpoint_uri": self.job.checkpoint_uri})
             self.tracker.log_artifact(str(storage.local_copy(self.job.output_uri)), "model")
-        return self._result(metrics_after)
+        return self._result(metrics_after, probe)
+
+    def _probe(self) -> dict[str, float]:
+        """Held-out exact match per question type vs the text-only lookup (`vlm.train.recipe`), as probe/* metrics."""
+        from vlm.train.recipe import probe, table
+
+        tcfg = self.cfg
+        metrics = probe(self.strategy.model, self.job.data_uri, tcfg.probe_split, tcfg.probe_images)["metrics"]
+        self.tracker.log_metrics(metrics, step=tcfg.steps)
+        log.info("held-out probe:\n%s", table(metrics))
+        return metrics
 
     def data_counts(self) -> dict[str, int]:
         """This rank's data counters, all its dataloader workers together."""
@@ -295,7 +307,7 @@ class Trainer:
             total.update(counts)
         return dict(total)
 
-    def _result(self, metrics_after: dict[str, float]) -> TrainResult:
+    def _result(self, metrics_after: dict[str, float], probe: dict[str, float]) -> TrainResult:
         counts = self.data_counts()
         rejected = sum(v for k, v in counts.items() if k.startswith("rejected_")
                        and k.removeprefix("rejected_") not in SHARD_REASONS)
@@ -311,7 +323,7 @@ class Trainer:
             resumed_from_step=self.start, final_loss=self.last_loss, eval_before=self.eval_before,
             eval_after=metrics_after, model_uri=job.output_uri, checkpoint_uri=job.checkpoint_uri,
             run_id=self.tracker.run_id, rejected_samples=int(totals[0]), rejected=by_reason,
-            labels_uri=self.labels.labels_uri if self.labels else "", missing_labels=missing,
+            labels_uri=self.labels.labels_uri if self.labels else "", missing_labels=missing, probe=probe,
             throughput=self.throughput)
 
     def _save_model(self) -> None:

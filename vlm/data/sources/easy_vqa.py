@@ -16,6 +16,7 @@ from vlm.data.sources.base import InputError, Record, Source, register
 
 SHAPES = {"circle", "rectangle", "triangle"}
 COLORS = {"red", "green", "blue", "black", "gray", "teal", "brown", "yellow"}
+NEGATIONS = {"not", "no"}  # "does the image not contain a circle?", "is no red shape present?"
 
 
 def package_dir() -> str:
@@ -36,7 +37,7 @@ def caption_from_qa(qa: list[dict]) -> str | None:
         elif answer in COLORS:
             color = answer
             shape = shape or next(iter(words & SHAPES), None)
-        elif answer in ("yes", "no") and (answer == "yes") != ("not" in words):  # an affirmed fact
+        elif answer in ("yes", "no") and (answer == "yes") != bool(words & NEGATIONS):  # an affirmed fact
             shape = shape or next(iter(words & SHAPES), None)
             color = color or next(iter(words & COLORS), None)
     if shape is None:
