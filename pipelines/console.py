@@ -81,14 +81,14 @@ class _Printer(threading.Thread):
         self.bar: Progress | None = None
         self.bar_key: tuple[str, str] | None = None
         self.sources: dict[tuple[str, str], tuple[int, int]] = {}
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(0.25):
+        while not self._halt.wait(0.25):
             self.poll()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
         self.poll()
         self._close_bar()

@@ -99,7 +99,8 @@ def summarize(cfg: PipelineConfig, run_name: str) -> dict[str, Any]:
     if exp is not None:
         out["experiment_url"] = tracking.experiment_url(ui, exp.experiment_id)
     where = out.get("experiment_url", ui)
-    out["mlflow_ui"] = f"open {where}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}, then open {where}"
+    out["mlflow_ui"] = (f"open {where}" if uri.startswith("http")
+                        else f"mlflow ui --backend-store-uri {uri}, then open {where}")
     return out
 
 

@@ -129,7 +129,7 @@ def format_line(event: dict[str, Any], seconds: float | None, marks: dict[str, s
     kind = event["event"]
     head = f"{marks[kind]} {event['stage']:<10}"
     if kind == "start":
-        return head
+        return head.rstrip()
     secs = f"{seconds:6.0f} s" if seconds is not None else " " * 8
     text = event.get("summary", "") if kind == "end" else f"failed: {event.get('error', '')}"
     return f"{head} {secs}  {text}".rstrip()

@@ -2,8 +2,8 @@
 
 On a terminal (``stream.isatty()``, ``sys.stderr`` by default) :class:`Progress` is a tqdm bar. Otherwise (a log
 file, a pipe, CI) it writes one line when the count passes the next ``every_frac`` of the total or ``every_s``
-seconds after the previous line, and a last one at the end (unless ``last_line=False``), e.g. ``pretrain 40/120 step  loss 2.31 6.2 samples/s``;
-never one line per update. Inside a step of ``vlm run`` (see :mod:`vlm.events`) it also reports its position to
+seconds after the previous line, and a last one at the end (unless ``last_line=False``), e.g.
+``pretrain 40/120 step  loss 2.31 6.2 samples/s``; never one line per update. Inside a step of ``vlm run`` (see :mod:`vlm.events`) it also reports its position to
 the events file, at most once a second, so that ``vlm run`` draws one bar on the user's terminal.
 """
 
