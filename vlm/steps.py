@@ -84,7 +84,8 @@ def _tag(run_tag: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ prepare
-@events.stage("prepare", summary=lambda out: out["run_root"], run_key="parent_run_id")
+@events.stage("prepare", summary=lambda out: f"run {out['run_tag']}, MLflow parent run {out['parent_run_id']}",
+              run_key="parent_run_id")
 def prepare(config_yaml: str, overrides_json: str = "{}", run_tag: str = "", parent_run_id: str = "",
             launcher: str = "local") -> dict[str, Any]:
     """Validate the config, apply the pipeline's knobs, write it to the run folder, open the parent run."""
