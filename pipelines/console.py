@@ -129,8 +129,9 @@ class _Printer(threading.Thread):
         if self.bar is not None and self.bar.total != total:
             self._close_bar(keep_key=True)
         if self.bar is None:
-            self.bar = Progress(total=total, initial=n, desc=key[0], unit=key[1], stream=self.err, every_frac=None,
-                                leave=False, last_line=False)
+            # off a terminal: a line per 10% at most, 30 s apart at least (none for a short stage)
+            self.bar = Progress(total=total, initial=n, desc=key[0], unit=key[1], stream=self.err, every_s=None,
+                                min_interval_s=30.0, leave=False, last_line=False)
         self.bar.set_postfix_str(event.get("text") or "")
         if n > self.bar.n:
             self.bar.update(n - self.bar.n)

@@ -2,9 +2,10 @@
 
 On a terminal (``stream.isatty()``, ``sys.stderr`` by default) :class:`Progress` is a tqdm bar. Otherwise (a log
 file, a pipe, CI) it writes one line when the count passes the next ``every_frac`` of the total or ``every_s``
-seconds after the previous line, and a last one at the end (unless ``last_line=False``), e.g.
-``pretrain 40/120 step  loss 2.31 6.2 samples/s``; never one line per update. Inside a step of ``vlm run`` (see :mod:`vlm.events`) it also reports its position to
-the events file, at most once a second, so that ``vlm run`` draws one bar on the user's terminal.
+seconds after the previous line (never within ``min_interval_s`` of it), and a last one at the end (unless
+``last_line=False``), e.g. ``pretrain 40/120 step  loss 2.31 6.2 samples/s``; never one line per update.
+Inside a step of ``vlm run`` (see :mod:`vlm.events`) it also reports its position to the events file, at most
+once a second, so that ``vlm run`` draws one bar on the user's terminal.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Progress:
     def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it",
                  initial: int = 0, disable: bool = False, stream: TextIO | None = None, tty: bool | None = None,
                  every_frac: float | None = 0.1, every_s: float | None = 30.0, leave: bool = True,
-                 last_line: bool = True):
+                 last_line: bool = True, min_interval_s: float = 0.0):
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
@@ -34,6 +35,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(self.stream.isatty()) if tty is None else tty
         self.every_frac, self.every_s, self.last_line = every_frac, every_s, last_line
+        self.min_interval_s = min_interval_s
         self.postfix = ""
         self._t0 = self._line_t = self._relay_t = time.monotonic()
         self._relay_n = None
@@ -102,6 +104,8 @@ class Progress:
         return f"{self.desc} {count} {self.unit}{rate}" + (f"  {self.postfix}" if self.postfix else "")
 
     def _line_due(self) -> bool:
+        if time.monotonic() - self._line_t < self.min_interval_s:
+            return False
         if self.every_frac and self.total:
             step = max(1, int(self.total * self.every_frac))
             if self.n // step > self._line_n // step:

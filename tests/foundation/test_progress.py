@@ -69,6 +69,8 @@ def test_no_terminal_without_total_writes_a_last_line_only_when_it_moved():
     assert len(lines) == 1 and lines[0].startswith("merge 7/7 chunk")
     quiet = io.StringIO()
     Progress(total=3, stream=quiet, last_line=False, every_frac=None, every_s=None).close()
+    with Progress(total=100, stream=quiet, last_line=False, min_interval_s=3600) as spaced:
+        spaced.update(100)  # passes every 10% mark, all within the minimum interval
     disabled = io.StringIO()
     with Progress(total=3, stream=disabled, disable=True) as off:
         off.update(3)
