@@ -21,19 +21,19 @@ RELAY_EVERY_S = 1.0
 
 
 class Progress:
-    """A tqdm-like bar (``update``, ``set_postfix``, ``set_postfix_str``, ``close``, iteration, ``with``)."""
+    """A tqdm-like bar (``update``, ``set_postfix_str``, ``close``, iteration, ``with``)."""
 
     def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it",
-                 initial: int = 0, disable: bool = False, stream: TextIO | None = None, tty: bool | None = None,
+                 initial: int = 0, disable: bool = False, stream: TextIO | None = None,
                  every_frac: float | None = 0.1, every_s: float | None = 30.0, leave: bool = True,
                  last_line: bool = True, min_interval_s: float = 0.0):
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
-        self.n = self._line_n = initial
+        self.n = self._line_n = self._initial = initial
         self.disable = disable
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(self.stream.isatty()) if tty is None else tty
+        self.tty = bool(self.stream.isatty())
         self.every_frac, self.every_s, self.last_line = every_frac, every_s, last_line
         self.min_interval_s = min_interval_s
         self.postfix = ""
@@ -60,9 +60,6 @@ class Progress:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def set_postfix(self, **values: Any) -> None:
-        self.set_postfix_str(" ".join(f"{k}={v}" for k, v in values.items()))
-
     def set_postfix_str(self, text: str) -> None:
         self.postfix = text
         if self._bar is not None:
@@ -77,10 +74,6 @@ class Progress:
         elif self._line_due():
             self._write_line()
         self._relay()
-
-    def clear(self) -> None:
-        if self._bar is not None:
-            self._bar.clear()
 
     def close(self) -> None:
         if self._closed:
@@ -100,7 +93,8 @@ class Progress:
         rate = ""
         if not self.postfix:
             elapsed = time.monotonic() - self._t0
-            rate = f"  {self.n / elapsed:.1f} {self.unit}/s" if elapsed > 0 and self.n else ""
+            done = self.n - self._initial
+            rate = f"  {done / elapsed:.1f} {self.unit}/s" if elapsed > 0 and done else ""
         return f"{self.desc} {count} {self.unit}{rate}" + (f"  {self.postfix}" if self.postfix else "")
 
     def _line_due(self) -> bool:

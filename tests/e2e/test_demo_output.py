@@ -24,7 +24,7 @@ END_LINES = {  # stage -> its figure on the end line
     "experts": r"\d+ labels written \(edges \d+, segmentation \d+\)",
     "pretrain": r"loss \d+\.\d\d -> \d+\.\d\d \(held-out, 4 steps\)",
     "curate": r"\d+ descriptions kept, \d+ rejected( \(too few: fine-tuning skipped\))?",
-    "finetune": r"(loss \d+\.\d\d -> \d+\.\d\d|skipped)",
+    "finetune": r"loss \d+\.\d\d -> \d+\.\d\d \(held-out, 2 steps\)|skipped: the stage-one model carries on",
     "evaluate": r"cider \d+\.\d{3}, vqa_accuracy \d+\.\d{3}",
     "register": r"vlm-linear v1 \(alias challenger\), gate passes",
     "promote": r"vlm-linear v1 is now champion",
@@ -58,7 +58,7 @@ def test_vlm_run_prints_a_line_per_stage_and_keeps_the_logs(demo_dir):
         starts = [ln for ln in lines if re.fullmatch(rf"→ {stage}\s*", ln)]
         ends = [ln for ln in lines if ln.startswith(f"✓ {stage} ")]
         assert len(starts) == 1 and len(ends) == 1, (stage, out)
-        assert re.fullmatch(rf"✓ {stage}\s+\d+ s  {figure}", ends[0]), ends[0]
+        assert re.fullmatch(rf"✓ {stage}\s+\d+ s  ({figure})", ends[0]), ends[0]
         assert lines.index(starts[0]) < lines.index(ends[0])
     assert not [ln for ln in lines if ln.startswith("✗")], out
     assert "registered model  : vlm-linear version 1 (aliases: challenger, champion)" in out
