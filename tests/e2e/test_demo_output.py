@@ -53,7 +53,8 @@ def test_vlm_run_prints_a_line_per_stage_and_keeps_the_logs(demo_dir):
     lines = out.splitlines()
     assert len(lines) < MAX_LINES, out
     assert lines[0] == "run folder runs/tiny/runs/demo-quiet (logs in logs/, --verbose shows them here)"
-    assert "executorInput" not in out and "KFP Executor" not in out and "Executing task" not in out, out
+    for kfp_output in ("Got executor_input", "parameterValues", "KFP Executor", "Executing task"):
+        assert kfp_output not in out, out
     for stage, figure in END_LINES.items():
         starts = [ln for ln in lines if re.fullmatch(rf"→ {stage}\s*", ln)]
         ends = [ln for ln in lines if ln.startswith(f"✓ {stage} ")]
@@ -72,7 +73,7 @@ def test_vlm_run_prints_a_line_per_stage_and_keeps_the_logs(demo_dir):
     assert {"pipeline", "prepare", "shard-partitions", "shard-partition", "shard", "expert-groups", "experts",
             "experts-index", "pretrain", "curate", "evaluate", "register", "finish"} <= names, names
     pretrain_log = (logs / "pretrain.log").read_text()
-    assert "executorInput" in pretrain_log and "Executing task 'pretrain'" in pretrain_log
+    assert "Got executor_input" in pretrain_log and "Executing task 'pretrain'" in pretrain_log
     assert re.search(r"^\s*pretrain 4/4 step  loss \d", pretrain_log, re.M), "plain progress lines in the log"
     assert "\x1b[" not in pretrain_log, "no terminal colours in log files"
     assert "Running pipeline" in (logs / "pipeline.log").read_text()
@@ -99,8 +100,8 @@ def test_vlm_run_prints_a_line_per_stage_and_keeps_the_logs(demo_dir):
 
 def test_vlm_run_verbose_prints_everything(demo_dir):
     out = _vlm_run(demo_dir, "--run-name", "demo-verbose", "--verbose")
-    assert "executorInput" in out and "Executing task" in out
+    assert "Got executor_input" in out and "Executing task" in out
     assert len(out.splitlines()) > 5 * MAX_LINES
     assert re.search(r"^✓ pretrain\s+\d+ s  loss ", out, re.M), "the stage lines stay"
     logs = demo_dir / "runs" / "tiny" / "runs" / "demo-verbose" / "logs"
-    assert "executorInput" in (logs / "pretrain.log").read_text(), "the log files are written as well"
+    assert "Got executor_input" in (logs / "pretrain.log").read_text(), "the log files are written as well"
