@@ -3,7 +3,8 @@
 Each step loads the run's resolved config from ``config_uri``, opens its MLflow child run under the pipeline's
 parent run, calls the stage function (``vlm.data``, ``vlm.experts``, ``vlm.train``, ``vlm.align``,
 ``vlm.eval``, ``vlm.registry``) and returns a JSON-able dict that the component turns into kfp outputs.
-The stage logic lives in those modules; nothing here re-implements it.
+The stage logic lives in those modules; nothing here re-implements it. Each step reports its start and end, with
+its key figure, through :func:`vlm.events.stage` (what ``vlm run`` prints).
 
 Where artefacts go (all under ``cfg.root``, local or S3):
 
