@@ -202,7 +202,7 @@ def _wrap(original: Any, cap: _Capture, router: _Router) -> Any:
 
 
 @contextlib.contextmanager
-def capture(folder: str | os.PathLike, tracking_uri: str, verbose: bool = False) -> Iterator[Path]:
+def capture(folder: str | os.PathLike, tracking_uri: str, verbose: bool = False) -> Iterator[None]:
     """Run kfp's local runner inside: stage lines and a bar on the terminal, everything else in ``folder/logs``."""
     from kfp.local import task_dispatcher
 
@@ -226,7 +226,7 @@ def capture(folder: str | os.PathLike, tracking_uri: str, verbose: bool = False)
     sys.stdout = sys.stderr = router
     printer.start()
     try:
-        yield folder / "logs"
+        yield
     except BaseException:
         printer.stop()
         for task in cap.failed:
