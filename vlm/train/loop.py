@@ -293,7 +293,7 @@ def train(cfg, stage: str = "pretrain", data_uri: str | None = None, output_uri:
 def _run(cfg, tcfg: TrainConfig, stage, info, strategy, ckpt: CheckpointManager, shards, eval_set, start,
          positions, state, run, counts, data_uri, output_uri, ckpt_uri, factory, model_cfg, init_from,
          labels: ExpertAttacher | None = None) -> dict:
-    from tqdm.auto import tqdm
+    from vlm.progress import Progress
 
     if start == 0:
         run.log_params({"stage": stage, "train": tcfg.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json"),
@@ -315,7 +315,7 @@ def _run(cfg, tcfg: TrainConfig, stage, info, strategy, ckpt: CheckpointManager,
     worker_counts: dict[int, dict[str, int]] = {}  # cumulative data counters per dataloader worker
     last_loss = float("nan")
     throughput: dict[str, float] = {}
-    bar = tqdm(total=tcfg.steps, initial=start, disable=not info.is_main, desc=stage, dynamic_ncols=True)
+    bar = Progress(total=tcfg.steps, initial=start, disable=not info.is_main, desc=stage, unit="step")
     strategy.train(True)
     t_window, n_window, tok_window = time.perf_counter(), 0, 0
     step = start
@@ -344,7 +344,7 @@ def _run(cfg, tcfg: TrainConfig, stage, info, strategy, ckpt: CheckpointManager,
                 m["perf/mfu"] = throughput["tokens_per_s"] * fpt / (pflops * info.world_size)
             m.update({f"data/{k}": v for k, v in _sum_counts(worker_counts).items()})
             run.log_metrics(m, step=step)
-            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{strategy.lr:.2e}", sps=f"{throughput['samples_per_s']:.1f}")
+            bar.set_postfix_str(f"loss {last_loss:.4f} lr {strategy.lr:.2e} {throughput['samples_per_s']:.1f} samples/s")
             t_window, n_window, tok_window = time.perf_counter(), 0, 0
         if tcfg.eval_every and step % tcfg.eval_every == 0 and step < tcfg.steps:
             run.log_metrics(evaluate(strategy, eval_set, tcfg.batch_size, info), step=step)
