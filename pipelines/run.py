@@ -14,9 +14,10 @@ import yaml
 from vlm import storage
 from vlm.config import PipelineConfig, load_config, parse_config
 from vlm.redact import strip_userinfo
-from vlm.steps import resolve_paths
+from vlm.steps import _tag, resolve_paths, run_layout
 
 log = logging.getLogger(__name__)
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 
 
 def _config_yaml(config_path: str, base: Path | None = None) -> tuple[str, PipelineConfig]:
@@ -33,9 +34,16 @@ def _set_images(cfg: PipelineConfig) -> None:
     os.environ.setdefault("VLM_TRAINING_IMAGE", cfg.cluster.training_image)
 
 
-def run_local(config_path: str, run_name: str = "", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the whole pipeline on this machine: kfp.local SubprocessRunner, torchrun, local MLflow/disk (or S3)."""
+def run_local(config_path: str, run_name: str = "", overrides: dict[str, Any] | None = None,
+              verbose: bool = False) -> dict[str, Any]:
+    """Run the whole pipeline on this machine: kfp.local SubprocessRunner, torchrun, local MLflow/disk (or S3).
+
+    Prints one line per stage (``pipelines/console.py``); the full logs go to ``<run folder>/logs`` and the stages'
+    MLflow runs, and also to the terminal with ``verbose``.
+    """
     from kfp import local
+
+    from pipelines.console import capture
 
     config_yaml, cfg = _config_yaml(config_path)
     _set_images(cfg)
@@ -45,10 +53,17 @@ def run_local(config_path: str, run_name: str = "", overrides: dict[str, Any] | 
     pipeline_root = storage.join(cfg.root, "kfp") if not storage.is_s3(cfg.root) else str(Path.cwd() / "local_outputs")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
     t0 = time.perf_counter()
-    build_pipeline()(config_yaml=config_yaml, overrides_json=json.dumps(overrides or {}), run_name=run_name,
-                     launcher="local")
+    with capture(_local_run_folder(cfg, run_name), cfg.tracking.uri, verbose=verbose):
+        build_pipeline()(config_yaml=config_yaml, overrides_json=json.dumps(overrides or {}), run_name=run_name,
+                         launcher="local")
     elapsed = time.perf_counter() - t0
     return {"run_name": run_name, "elapsed_s": round(elapsed, 1), **summarize(cfg, run_name)}
+
+
+def _local_run_folder(cfg: PipelineConfig, run_name: str) -> Path:
+    """The run folder (logs, events) on this machine: the run's folder, or under ./local_outputs for an S3 root."""
+    run_root = run_layout(cfg, _tag(run_name))["run_root"]
+    return Path(run_root) if not storage.is_s3(run_root) else Path.cwd() / "local_outputs" / "runs" / _tag(run_name)
 
 
 def summarize(cfg: PipelineConfig, run_name: str) -> dict[str, Any]:
@@ -56,7 +71,6 @@ def summarize(cfg: PipelineConfig, run_name: str) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from vlm import tracking
-    from vlm.steps import _tag
 
     tracking.configure(cfg.tracking.uri)
     client = MlflowClient()
@@ -81,7 +95,12 @@ def summarize(cfg: PipelineConfig, run_name: str) -> dict[str, Any]:
                         "aliases": sorted(a for a, v in (model.aliases or {}).items() if str(v) == str(latest.version)),
                         "all_aliases": {a: str(v) for a, v in (model.aliases or {}).items()}}
     uri = out["tracking_uri"]
-    out["mlflow_ui"] = (f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}")
+    ui = uri if uri.startswith("http") else LOCAL_UI
+    if exp is not None:
+        out["experiment_url"] = tracking.experiment_url(ui, exp.experiment_id)
+    where = out.get("experiment_url", ui)
+    out["mlflow_ui"] = (f"open {where}" if uri.startswith("http")
+                        else f"mlflow ui --backend-store-uri {uri}, then open {where}")
     return out
 
 

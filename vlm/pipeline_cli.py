@@ -26,8 +26,13 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(Path("configs/quickstart.yaml"), "--config", "-c", help="Pipeline YAML."),
         run_name: str = typer.Option("", "--run-name", help="Name of this run (default <name>-<timestamp>)."),
         set_: list[str] = typer.Option([], "--set", help="Override a knob, e.g. --set train.steps=20."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print every step's full log (kfp's output)."),
     ) -> None:
-        """Run the whole pipeline on this machine (kfp local runner, torchrun, local MLflow and disk)."""
+        """Run the whole pipeline on this machine (kfp local runner, torchrun, local MLflow and disk).
+
+        Prints a line per stage as it starts and ends; each step's full log is in <run folder>/logs/<step>.log
+        and in the stage's MLflow run (logs/).
+        """
         import yaml
 
         from vlm.config import ConfigError
@@ -40,7 +45,7 @@ def register(app: typer.Typer) -> None:
                 _fail(ValueError(f"--set expects KEY=VALUE, got {item!r}"))
             overrides[key] = yaml.safe_load(value)
         try:
-            out = run_local(str(config), run_name=run_name, overrides=overrides)
+            out = run_local(str(config), run_name=run_name, overrides=overrides, verbose=verbose)
         except ConfigError as exc:
             _fail(exc)
         typer.secho(f"\npipeline run {out['run_name']} finished in {out['elapsed_s']:.0f}s", fg=typer.colors.GREEN)

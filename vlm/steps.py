@@ -3,7 +3,8 @@
 Each step loads the run's resolved config from ``config_uri``, opens its MLflow child run under the pipeline's
 parent run, calls the stage function (``vlm.data``, ``vlm.experts``, ``vlm.train``, ``vlm.align``,
 ``vlm.eval``, ``vlm.registry``) and returns a JSON-able dict that the component turns into kfp outputs.
-The stage logic lives in those modules; nothing here re-implements it.
+The stage logic lives in those modules; nothing here re-implements it. Each step reports its start and end, with
+its key figure, through :func:`vlm.events.stage` (what ``vlm run`` prints).
 
 Where artefacts go (all under ``cfg.root``, local or S3):
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from vlm import redact, storage, tracking
+from vlm import events, redact, storage, tracking
 from vlm.config import PipelineConfig, load_config, parse_config
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ def _tag(run_tag: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ prepare
+@events.stage("prepare", summary=lambda out: f"run {out['run_tag']}, MLflow parent run {out['parent_run_id']}",
+              run_key="parent_run_id")
 def prepare(config_yaml: str, overrides_json: str = "{}", run_tag: str = "", parent_run_id: str = "",
             launcher: str = "local") -> dict[str, Any]:
     """Validate the config, apply the pipeline's knobs, resolve each stage's training config (stage two's recipe
@@ -137,6 +140,7 @@ def _stage(config_uri: str, stage: str, parent_run_id: str):
 
 
 # ------------------------------------------------------------------------------------------ stages
+@events.stage("shard", end=False)
 def shard_partitions(config_uri: str, data_uri: str) -> list[int]:
     """Plan the sharding fan-out: the partition indices to run (``[]`` when the dataset is complete)."""
     from vlm.data.shard import plan_partitions
@@ -145,6 +149,7 @@ def shard_partitions(config_uri: str, data_uri: str) -> list[int]:
     return list(range(len(plan_partitions(cfg.data.input, data_uri, cfg.data)["partitions"])))
 
 
+@events.stage("shard", start=False, end=False)
 def shard_partition(config_uri: str, data_uri: str, partition: int) -> dict[str, Any]:
     """Shard one partition of the plan (resumable per chunk)."""
     from vlm.data.shard import shard_partition as run_partition
@@ -153,6 +158,8 @@ def shard_partition(config_uri: str, data_uri: str, partition: int) -> dict[str,
     return run_partition(cfg.data.input, data_uri, cfg.data, int(partition))
 
 
+@events.stage("shard", start=False, summary=lambda out: (
+    f"{out['num_samples']} samples in {out['num_shards']} shards, {sum(out['rejected'].values())} rejected"))
 def shard(config_uri: str, data_uri: str, parent_run_id: str = "") -> dict[str, Any]:
     """Merge the partitions into the dataset (global de-duplication, final shards, manifest.json)."""
     from vlm.data.shard import merge_partitions
@@ -165,9 +172,10 @@ def shard(config_uri: str, data_uri: str, parent_run_id: str = "") -> dict[str, 
                          **{f"rejected.{k}": v for k, v in manifest.get("rejected", {}).items()}})
         run.log_dict(manifest, "manifest.json")
     return {"data_uri": data_uri, "num_samples": manifest["num_samples"], "num_shards": len(manifest["shards"]),
-            "rejected": manifest.get("rejected", {})}
+            "rejected": manifest.get("rejected", {}), "run_id": run.run_id}
 
 
+@events.stage("experts", end=False)
 def expert_groups(config_uri: str, data_uri: str) -> list[list[str]]:
     from vlm.experts.runner import shard_groups
 
@@ -181,6 +189,7 @@ def _experts_enabled(cfg: PipelineConfig) -> bool:
     return bool(cfg.experts.enabled and cfg.experts.experts)
 
 
+@events.stage("experts", start=False, end=False)
 def experts(config_uri: str, data_uri: str, labels_uri: str, shards: list[str] | None = None,
             parent_run_id: str = "") -> dict[str, Any]:
     from vlm.experts.runner import run_experts
@@ -190,9 +199,10 @@ def experts(config_uri: str, data_uri: str, labels_uri: str, shards: list[str] |
         summary = run_experts(data_uri, labels_uri, cfg.experts.experts, cfg.experts, shards=shards)
         run.log_params({"experts": cfg.experts.experts, "shards": len(shards or []) or "all"})
         run.log_dict(summary, "experts_summary.json")
-    return summary
+    return {**summary, "run_id": run.run_id}
 
 
+@events.stage("experts", start=False, summary=lambda uri: _labels_summary(uri))
 def experts_index(config_uri: str, data_uri: str, labels_uri: str) -> str:
     """Write ``labels.json`` after the fan-out; returns the labels URI, or "" when experts are off."""
     from vlm.experts.runner import write_labels_index
@@ -203,6 +213,17 @@ def experts_index(config_uri: str, data_uri: str, labels_uri: str) -> str:
     return labels_uri
 
 
+def _labels_summary(labels_uri: str) -> str:
+    from vlm.data.format import read_labels_index
+
+    if not labels_uri:
+        return "off"
+    per_expert = read_labels_index(labels_uri)["experts"]
+    total = sum(e["labelled"] for e in per_expert.values())
+    return f"{total} labels written (" + ", ".join(f"{n} {e['labelled']}" for n, e in per_expert.items()) + ")"
+
+
+@events.stage("{stage}", summary=lambda out: _train_summary(out))
 def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from: str = "",
           labels_uri: str = "", parent_run_id: str = "", run_tag: str = "") -> dict[str, Any]:
     """Run a training stage through :func:`vlm.train.launch.launch`: ``torchrun`` here (launcher ``local``, even
@@ -224,6 +245,17 @@ def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from
     return summary
 
 
+def _train_summary(out: dict[str, Any]) -> str:
+    if out.get("skipped"):
+        return "skipped: the stage-one model carries on"
+    before, after = out.get("eval_before") or {}, out.get("eval_after") or {}
+    keys = sorted(set(before) & set(after))
+    if keys:
+        mean = lambda m: sum(m[k] for k in keys) / len(keys)  # noqa: E731
+        return f"loss {mean(before):.2f} -> {mean(after):.2f} (held-out, {out.get('steps')} steps)"
+    return f"train loss {out.get('final_loss', float('nan')):.2f} ({out.get('steps')} steps)"
+
+
 def _num_samples(data_uri: str) -> int:
     from vlm.data.format import read_manifest
 
@@ -233,6 +265,7 @@ def _num_samples(data_uri: str) -> int:
         return 0
 
 
+@events.stage("curate", summary=lambda out: _curate_summary(out))
 def curate(config_uri: str, model_uri: str, data_uri: str, curated_uri: str, parent_run_id: str = "") -> dict[str, Any]:
     from vlm.align import generate_and_curate
 
@@ -241,7 +274,8 @@ def curate(config_uri: str, model_uri: str, data_uri: str, curated_uri: str, par
         log.info("align.enabled=false: no curation, no fine-tuning")
         return {"kept": 0, "skipped": True}
     with run_ctx as run:
-        summary = generate_and_curate(model_uri, data_uri, curated_uri, cfg.align, run_id=run.run_id or None)
+        summary = {**generate_and_curate(model_uri, data_uri, curated_uri, cfg.align, run_id=run.run_id or None),
+                   "run_id": run.run_id}
         kept = int(summary.get("kept", 0))
         if kept < cfg.align.min_kept:
             reasons = ", ".join(f"{k}={v}" for k, v in (summary.get("rejected_by_reason") or {}).items()) or "none"
@@ -255,6 +289,15 @@ def curate(config_uri: str, model_uri: str, data_uri: str, curated_uri: str, par
     return summary
 
 
+def _curate_summary(out: dict[str, Any]) -> str:
+    if "sampled" not in out:
+        return "skipped (align.enabled=false)"
+    text = f"{out['kept']} descriptions kept, {out['sampled'] - out['kept']} rejected"
+    return text + (" (too few: fine-tuning skipped)" if out.get("skipped") else "")
+
+
+@events.stage("evaluate", run_arg="train_run_id", summary=lambda out: ", ".join(
+    f"{k} {out['metrics'][k]:.3f}" for k in ("cider", "vqa_accuracy") if k in out.get("metrics", {})))
 def evaluate(config_uri: str, model_uri: str, data_uri: str, output_uri: str, train_run_id: str = "",
              parent_run_id: str = "") -> dict[str, Any]:
     """Evaluate into the training run when known (DESIGN: evaluation attaches to the training run)."""
@@ -271,6 +314,9 @@ def evaluate(config_uri: str, model_uri: str, data_uri: str, output_uri: str, tr
                         experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri)
 
 
+@events.stage("register", run_arg="train_run_id", summary=lambda out: (
+    f"{out['name']} v{out['version']} (alias challenger), gate {'passes' if out['gate_passed'] else 'fails'}"
+    if out["version"] else "off (registry.enabled=false)"))
 def register(config_uri: str, model_uri: str, metrics: dict[str, float], data_uri: str = "", labels_uri: str = "",
              train_run_id: str = "", parent_run_id: str = "") -> dict[str, Any]:
     """Register a new version (alias ``challenger``) and evaluate the promotion gate (a dry run: no alias moves)."""
@@ -309,6 +355,8 @@ def _registration_uri(config_uri: str) -> str:
     return storage.join(base, "registration.json")
 
 
+@events.stage("promote", summary=lambda out: f"{out['name']} v{out['version']} " + (
+    "is now champion" if out["promoted"] else f"not promoted ({'; '.join(out.get('reasons') or [])})"))
 def promote(config_uri: str, name: str = "", version: str = "") -> dict[str, Any]:
     """Promote ``name``/``version`` (default: what this run registered) when the gate passes."""
     from vlm.registry.mlflow_registry import promote_if_better

@@ -203,9 +203,9 @@ def _imap(pool, fn, items: Iterable, ordered: bool = True) -> Iterator:
 
 
 def _progress(it: Iterable, total: int | None, desc: str, unit: str = "it") -> Iterable:
-    from tqdm.auto import tqdm
+    from vlm.progress import Progress
 
-    return tqdm(it, total=total, desc=desc, unit=unit, disable=None, leave=False)
+    return Progress(it, total=total, desc=desc, unit=unit, leave=False)
 
 
 def _jsonable(value: Any) -> Any:

@@ -268,9 +268,8 @@ def run_experts(data_uri: str, labels_uri: str, experts: list[str], cfg: Experts
     a different fingerprint (other version/options/source) or computed from a changed data shard is an
     error unless ``overwrite``. Returns a JSON-able summary.
     """
-    from tqdm.auto import tqdm
-
     from vlm.experts.hf import resolve_device
+    from vlm.progress import Progress
 
     t0 = time.perf_counter()
     _STATS.clear()
@@ -327,7 +326,7 @@ def run_experts(data_uri: str, labels_uri: str, experts: list[str], cfg: Experts
     results: list[dict[str, Any]] = []
     if plans and cfg.workers <= 1:
         total = sum(p.shard.num_samples or 0 for p in plans) or None
-        with tqdm(total=total, unit="img", desc="experts", disable=None) as bar:
+        with Progress(total=total, unit="img", desc="experts") as bar:
             for plan in plans:
                 results.append(_process_shard(plan, labels_uri, cfg, device, bar))
     elif plans:
@@ -340,7 +339,7 @@ def run_experts(data_uri: str, labels_uri: str, experts: list[str], cfg: Experts
                                  initargs=(max(1, (os.cpu_count() or 1) // n),)) as pool:
             futures = [pool.submit(_worker, p, labels_uri, cfg, device) for p in plans]
             try:
-                for fut in tqdm(futures, unit="shard", desc="experts", disable=None):
+                for fut in Progress(futures, unit="shard", desc="experts"):
                     results.append(fut.result())
             except BaseException:
                 for f in futures:

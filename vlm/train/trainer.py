@@ -240,10 +240,10 @@ class Trainer:
         return self.final_eval()
 
     def _progress(self):
-        from tqdm.auto import tqdm
+        from vlm.progress import Progress
 
-        return tqdm(total=self.cfg.steps, initial=self.start, disable=not self.info.is_main, desc=self.job.stage,
-                    dynamic_ncols=True)
+        return Progress(total=self.cfg.steps, initial=self.start, disable=not self.info.is_main, desc=self.job.stage,
+                        unit="step")
 
     def _log_params(self) -> None:
         job, tcfg, info = self.job, self.cfg, self.info
@@ -271,8 +271,8 @@ class Trainer:
             m["perf/mfu"] = self.throughput["tokens_per_s"] * flops_per_token(self.counts) / (pflops * info.world_size)
         m.update({f"data/{k}": v for k, v in self.data_counts().items()})
         self.tracker.log_metrics(m, step=self.global_step)
-        self._bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.strategy.lr:.2e}",
-                              sps=f"{self.throughput['samples_per_s']:.1f}")
+        self._bar.set_postfix_str(f"loss {self.last_loss:.4f} lr {self.strategy.lr:.2e} "
+                                  f"{self.throughput['samples_per_s']:.1f} samples/s")
         self._window = _Window()
 
     def final_eval(self) -> TrainResult:
