@@ -98,3 +98,19 @@ def test_eval_set_is_fixed(shards):
 def test_empty_input_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no shards"):
         SampleStream([])
+
+
+def test_balance_answers_evens_out_a_common_answer():
+    qa = [{"question": f"is there a {c} shape?", "answers": ["no"]} for c in ("red", "blue", "green")]
+    qa.append({"question": "is there a gray shape?", "answers": ["yes"]})
+    sample = {"__key__": "k", "image": None, "meta": {"qa": qa}}
+
+    def picks(balance):
+        builder = ExampleBuilder(["vqa"], ["Describe."], balance_answers=balance)
+        return [builder.build(sample, epoch) for epoch in range(400)]
+
+    uniform, balanced = picks(False), picks(True)
+    share = lambda exs: sum(e["answer"] == "yes" for e in exs) / len(exs)  # noqa: E731
+    assert 0.15 < share(uniform) < 0.35 and 0.4 < share(balanced) < 0.6
+    assert {e["instruction"] for e in balanced if e["answer"] == "no"} == {q["question"] for q in qa[:3]}
+    assert all(e["answer"] == "yes" for e in balanced if e["instruction"] == "is there a gray shape?")

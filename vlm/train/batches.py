@@ -34,7 +34,7 @@ class BatchDataset(torch.utils.data.IterableDataset):
         samples = SampleStream(self.shards, self.info.rank, self.info.world_size, self.cfg.seed,
                                self.cfg.shuffle_buffer, infinite=True, worker=worker, num_workers=workers)
         stream = ExampleStream(samples, ExampleBuilder(self.cfg.tasks, self.cfg.caption_instructions, self.cfg.seed,
-                                                      self.cfg.task_weights),
+                                                      self.cfg.task_weights, self.cfg.balance_answers),
                                self.labels)
         batch: list[dict] = []
         skip = self.positions[worker] if worker < len(self.positions) else 0

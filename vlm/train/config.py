@@ -44,6 +44,8 @@ class TrainConfig(Section):
     task_weights: dict[Literal["caption", "vqa"], float] = Field(
         default_factory=dict, description="relative odds of each task for a sample that fits several "
                                           "(e.g. {caption: 3, vqa: 1}); unlisted tasks weigh 1")
+    balance_answers: bool = Field(False, description="VQA: draw one of a sample's distinct answers, then one of "
+                                  "its questions (a common answer such as 'no' stops outweighing the image)")
     caption_instructions: list[str] = Field(
         default_factory=lambda: ["Describe this image.", "What is in this image?", "Write a short caption for this image."],
         description="instruction drawn at random for each caption example")

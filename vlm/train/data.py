@@ -78,14 +78,16 @@ class ExampleBuilder:
     """Sample -> training example ``dict(image, instruction, answer)`` for one of the configured tasks.
 
     Caption: a random instruction from ``caption_instructions``, answer = the caption. VQA: a random QA
-    pair. A sample that fits several tasks picks one with the odds in ``task_weights`` (1 each unless
-    given). The choice is seeded by ``(seed, epoch, key)`` so it is reproducible and needs no saved state.
+    pair (with ``balance_answers``: one of the sample's distinct answers at random, then one of its questions,
+    so that a common answer such as "no" does not drown the rest). A sample that fits several tasks picks one
+    with the odds in ``task_weights`` (1 each unless given). The choice is seeded by ``(seed, epoch, key)`` so it is reproducible and needs no saved state.
     Samples that fit no task are rejected and counted by reason.
     """
 
     def __init__(self, tasks: list[str], caption_instructions: list[str], seed: int = 0,
-                 task_weights: dict[str, float] | None = None):
+                 task_weights: dict[str, float] | None = None, balance_answers: bool = False):
         self.tasks, self.instructions, self.seed = list(tasks), list(caption_instructions), seed
+        self.balance_answers = balance_answers
         self.weights = {t: float((task_weights or {}).get(t, 1.0)) for t in self.tasks}
         self.rejected: Counter[str] = Counter()
 
@@ -112,7 +114,11 @@ class ExampleBuilder:
         if chosen == "caption":
             return {"image": sample["image"], "instruction": rng.choice(self.instructions),
                     "answer": meta["caption"].strip(), "task": "caption", "key": sample["__key__"], **extra}
-        question, answer = rng.choice(_qa_pairs(meta))
+        pairs = _qa_pairs(meta)
+        if self.balance_answers:
+            answer = rng.choice(sorted({a for _, a in pairs}))
+            pairs = [p for p in pairs if p[1] == answer]
+        question, answer = rng.choice(pairs)
         return {"image": sample["image"], "instruction": question, "answer": answer, "task": "vqa",
                 "key": sample["__key__"], **extra}
 
