@@ -16,6 +16,8 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16"] = "bf16"
     gradient_checkpointing: bool = False
     steps: int = Field(100, ge=1)
+    max_seconds: float = Field(0, ge=0, description="stop after the first step that ends this many seconds into "
+                                "the step loop (0 = no time budget; `steps` still caps it)")
     batch_size: int = Field(8, ge=1, description="per-rank micro-batch")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)

@@ -224,10 +224,13 @@ class Trainer:
         self._bar = self._progress()
         self.strategy.train(True)
         self._window = _Window()
+        t_begin = time.perf_counter()
         while self.global_step < tcfg.steps:
             loss, grad_norm = self.step(batches)
             self._bar.update(1)
             step = self.global_step
+            if tcfg.max_seconds and time.perf_counter() - t_begin >= tcfg.max_seconds:
+                self.cfg = tcfg = tcfg.model_copy(update={"steps": step})  # time budget spent: the last step
             if step % tcfg.log_every == 0 or step == tcfg.steps:
                 self._log_step(loss, grad_norm)
             if tcfg.eval_every and step % tcfg.eval_every == 0 and step < tcfg.steps:
