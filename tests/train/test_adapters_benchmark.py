@@ -10,6 +10,8 @@ import yaml
 
 from benchmarks import adapters as bench
 from tests.train.conftest import tiny_config, write_shards
+from vlm.models.config import ModelConfig
+from vlm.models.model import build_model
 
 TINY_ADAPTER = {"hidden_size": 32, "num_heads": 4, "num_queries": 4, "num_layers": 1}
 
@@ -29,9 +31,6 @@ def test_benchmark_trains_each_adapter_within_the_budget(tmp_path):
     doc = json.loads(out_json.read_text())
     rows = {r["adapter"]: r for r in doc["rows"]}
     assert list(rows) == ["linear", "tinylm"] and doc["budget_s"] == 3
-    from vlm.models.model import build_model
-    from vlm.models.config import ModelConfig
-
     for name, row in rows.items():
         assert set(bench.COLUMNS) <= set(row)
         assert all(math.isfinite(row[c]) for c in bench.COLUMNS if c != "adapter"), row
