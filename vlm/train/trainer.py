@@ -229,7 +229,7 @@ class Trainer:
             loss, grad_norm = self.step(batches)
             self._bar.update(1)
             step = self.global_step
-            if tcfg.max_seconds and time.perf_counter() - t_begin >= tcfg.max_seconds:
+            if tcfg.max_seconds and self._budget_spent(t_begin, tcfg.max_seconds):
                 self.cfg = tcfg = tcfg.model_copy(update={"steps": step})  # time budget spent: the last step
             if step % tcfg.log_every == 0 or step == tcfg.steps:
                 self._log_step(loss, grad_norm)
@@ -241,6 +241,11 @@ class Trainer:
                 self._window.skip()
         self._bar.close()
         return self.final_eval()
+
+    def _budget_spent(self, t_begin: float, max_seconds: float) -> bool:
+        """Rank 0's clock decides for every rank, so all stop on the same step (no rank left in a collective)."""
+        spent = time.perf_counter() - t_begin >= max_seconds
+        return bool(dist.broadcast_object(spent)) if self.info.distributed else spent
 
     def _progress(self):
         from vlm.progress import Progress
