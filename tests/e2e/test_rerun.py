@@ -40,9 +40,10 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _vlm_run(workdir: Path, log: Path) -> subprocess.Popen:
+    """``vlm run --verbose``: each attempt's step output (resume, skipped data steps) in its own log file."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400", "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, "-m", "vlm.cli", "run", "--config", "tiny.yaml", "--run-name", RUN, *KNOBS],
+    return subprocess.Popen([sys.executable, "-m", "vlm.cli", "run", "--config", "tiny.yaml", "--run-name", RUN, "--verbose", *KNOBS],
                             cwd=workdir, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
