@@ -58,7 +58,8 @@ def _shard(config: Path, data: Path) -> None:
 
 def _env(**extra: str) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # it would win over our own store
+    return {**env, "PYTHONPATH": path, **extra}
 
 
 def _train(name: str, base: dict, work: Path, data: Path, seconds: float, sets: dict, env: dict[str, str]) -> dict:
