@@ -131,16 +131,22 @@ def format_errors(exc: ValidationError, model: type[Section] = PipelineConfig, s
     return "\n".join(lines)
 
 
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data["a"]["b"]["c"] = value`` for ``dotted`` "a.b.c", creating the missing levels."""
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
 def parse_config(data: dict[str, Any] | None, source: str = "config") -> PipelineConfig:
     """Validate a dict (e.g. parsed YAML) into a PipelineConfig, applying environment overrides."""
     data = json.loads(json.dumps(data or {}))  # deep copy, plain types only
     for env, path in ENV_OVERRIDES.items():
         value = os.environ.get(env)
         if value:
-            node = data
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = value
+            set_path(data, ".".join(path), value)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:

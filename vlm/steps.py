@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from vlm import events, redact, storage, tracking
-from vlm.config import PipelineConfig, load_config, parse_config
+from vlm.config import PipelineConfig, load_config, parse_config, set_path
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,8 @@ def prepare(config_yaml: str, overrides_json: str = "{}", run_tag: str = "", par
     into ``align.finetune``), write it to the run folder, open the parent run."""
     data = yaml.safe_load(config_yaml) or {}
     for dotted, value in (json.loads(overrides_json or "{}") or {}).items():
-        if value in (None, ""):
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+        if value not in (None, ""):
+            set_path(data, dotted, value)
     data.setdefault("cluster", {})["launcher"] = launcher
     from vlm.align.tune import stage_two_config
 

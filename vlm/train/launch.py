@@ -35,15 +35,13 @@ def parser() -> argparse.ArgumentParser:
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     import yaml
 
+    from vlm.config import set_path
+
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
+        set_path(data, key, yaml.safe_load(value))
     return data
 
 
