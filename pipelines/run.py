@@ -78,10 +78,10 @@ def summarize(cfg: PipelineConfig, run_name: str) -> dict[str, Any]:
                            "experiment": cfg.experiment_name()}
     exp = client.get_experiment_by_name(cfg.experiment_name())
     if exp is not None:
-        parents = client.search_runs([exp.experiment_id], f"tags.`vlm.run_tag` = '{_tag(run_name)}'")
-        if parents:
-            out["parent_run_id"] = parents[0].info.run_id
-            out["status"] = parents[0].info.status
+        parent = tracking.find_pipeline_run(exp.experiment_id, _tag(run_name))
+        if parent is not None:
+            out["parent_run_id"] = parent.info.run_id
+            out["status"] = parent.info.status
     name = cfg.registered_model_name()
     try:
         versions = client.search_model_versions(f"name = '{name}'")
