@@ -96,6 +96,9 @@ _register_all()
 
 
 def main() -> None:
+    from vlm.train import threads
+
+    threads.wait_policy()  # before torch loads: OpenMP threads of every command, and of the steps it starts, sleep
     try:
         app()
     except KeyboardInterrupt:

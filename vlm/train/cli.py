@@ -23,9 +23,6 @@ def register(app: typer.Typer) -> None:
         """Train a stage (resumes automatically from the latest checkpoint)."""
         import os
 
-        from vlm.train import threads
-
-        threads.wait_policy()  # takes effect only if torch is not loaded yet
         from vlm.config import ConfigError
         from vlm.train.checkpoint import CheckpointError
         from vlm.train.labels import ExpertLabelsError
