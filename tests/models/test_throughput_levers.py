@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from tests.models.helpers import make_images, tiny_config, train_steps
 from vlm.models import build_model
-from vlm.models.model import length_groups
 from vlm.models.vision import TokenCache, pool_tokens
 
 
@@ -87,38 +86,3 @@ def test_cached_model_matches_uncached(examples):
     assert (cached._vision_cache.hits, cached._vision_cache.misses) == (3, 3)
     ims = make_images(3, seed=1)
     assert cached.generate(ims, "What?", num_beams=1) == plain.generate(ims, "What?", num_beams=1)
-
-
-def test_length_groups_pad_each_group_to_its_own_longest_row():
-    mask = torch.tensor([[1] * 4 + [0] * 16, [1] * 5 + [0] * 15, [1] * 20, [1] * 6 + [0] * 14])
-    short, long = length_groups(mask)
-    assert sorted(short.tolist()) == [0, 1, 3] and long.tolist() == [2]
-    assert length_groups(torch.ones(4, 9, dtype=torch.long)) == [None]  # equal lengths: nothing to save
-    assert length_groups(mask.flip(1)) == [None]  # left padding: never regrouped
-
-
-def test_length_grouped_loss_and_gradients_equal_one_padded_batch(monkeypatch):
-    ims = make_images(4)
-    examples = [{"image": ims[i], "instruction": "What is it?", "answer": a}
-                for i, a in enumerate(["red", "a long description of a green triangle on a white background " * 2,
-                                       "blue", "teal"])]
-    model = build_model(tiny_config("linear"))
-    batch = model.collate(examples)
-    assert len(length_groups(batch["attention_mask"])) == 2  # this batch is regrouped
-
-    def loss_and_grads():
-        model.zero_grad()
-        out = model(**batch)
-        out.loss.backward()
-        return out.loss.detach(), [p.grad.clone() for p in model.adapter.parameters()], out.logits
-
-    model.train()
-    grouped = loss_and_grads()
-    monkeypatch.setattr("vlm.models.model.length_groups", lambda mask: [None])
-    single = loss_and_grads()
-    torch.testing.assert_close(grouped[0], single[0], atol=1e-5, rtol=1e-5)
-    for a, b in zip(grouped[1], single[1]):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    lengths = batch["attention_mask"].sum(1) + grouped[2].shape[1] - batch["input_ids"].shape[1]
-    for row, n in enumerate(lengths.tolist()):  # logits agree wherever the row has tokens
-        torch.testing.assert_close(grouped[2][row, :n], single[2][row, :n], atol=1e-4, rtol=1e-4)

@@ -249,43 +249,22 @@ class VisionLanguageModel(nn.Module):
                 prompt_keep = attention_mask.bool() & ((labels == -100) if labels is not None else True)
                 p_ids, p_mask = self._select(input_ids, prompt_keep, pad)
                 img = self.fusion(img, self._embed(p_ids), p_mask)
-            # rows of similar length run together, each group padded to its own longest row only
-            groups = length_groups(attention_mask) if labels is not None and self.fusion is None else [None]
-            parts = []
-            for rows in groups:
-                r = slice(None) if rows is None else rows
-                width = input_ids.shape[1] if rows is None else int(attention_mask[rows].sum(1).max())
-                embeds, attn, full_labels = self._splice(
-                    img[r], self._embed(input_ids[r, :width]), attention_mask[r, :width],
-                    labels[r, :width] if labels is not None else None,
-                    image_positions if rows is None else image_positions[rows.to(image_positions.device)])
-                hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
-                parts.append((rows, hidden, full_labels))
+            embeds, attn, full_labels = self._splice(img, self._embed(input_ids), attention_mask, labels,
+                                                     image_positions)
+            hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
         head = self.llm.get_output_embeddings()
 
         def logits() -> torch.Tensor:
             with self._autocast():
-                if len(parts) == 1:
-                    return head(parts[0][1])
-                out = None
-                for rows, hidden, _ in parts:
-                    group = head(hidden)
-                    if out is None:
-                        out = group.new_zeros(len(input_ids), input_ids.shape[1] + img.shape[1], group.shape[-1])
-                    out[rows, : group.shape[1]] = group
-                return out
+                return head(hidden)
 
         losses: dict[str, torch.Tensor] = {}
-        if labels is not None:
-            total, count = 0.0, 0
-            for _, hidden, full_labels in parts:
-                target = full_labels[:, 1:]
-                keep = target != -100  # the LM head and cross-entropy on supervised positions only
-                with self._autocast():
-                    sup = head(hidden[:, :-1][keep])
-                total = total + F.cross_entropy(sup.float(), target[keep], reduction="sum")
-                count += int(keep.sum())
-            losses["caption"] = total / count if count else torch.tensor(float("nan"), device=dev)
+        if full_labels is not None:
+            target = full_labels[:, 1:]
+            keep = target != -100  # the LM head and cross-entropy on supervised positions only
+            with self._autocast():
+                sup = head(hidden[:, :-1][keep])
+            losses["caption"] = F.cross_entropy(sup.float(), target[keep])
             w = self.config.losses
             if self.fusion is not None and (w.itc or w.itm) and len(input_ids) > 1:
                 a_ids, a_mask = self._select(input_ids, labels != -100, pad)
@@ -412,23 +391,6 @@ class VisionLanguageModel(nn.Module):
         from vlm.models.artifact import save_model
 
         return save_model(self, uri)
-
-
-def length_groups(attention_mask: torch.Tensor, min_saving: float = 0.15) -> list[torch.Tensor | None]:
-    """Rows in two groups by length (short, long) when that pads at least ``min_saving`` fewer positions than
-    one batch padded to its longest row; ``[None]`` (one group, every row) otherwise. The loss is the same."""
-    lengths = attention_mask.sum(1)
-    n = len(lengths)
-    right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
-    if n < 2 or not right_padded:
-        return [None]
-    order = torch.argsort(lengths, stable=True)
-    sorted_len = lengths[order].tolist()
-    full = n * sorted_len[-1]
-    cost, k = min((k * sorted_len[k - 1] + (n - k) * sorted_len[-1], k) for k in range(1, n))
-    if cost > (1 - min_saving) * full:
-        return [None]
-    return [order[:k].to(attention_mask.device), order[k:].to(attention_mask.device)]
 
 
 def build_model(cfg: ModelConfig | Mapping[str, Any] | None = None) -> VisionLanguageModel:
