@@ -14,7 +14,8 @@ import yaml
 from vlm import storage
 from vlm.config import PipelineConfig, load_config, parse_config
 from vlm.redact import strip_userinfo
-from vlm.steps import _tag, resolve_paths, run_layout
+from vlm.run_context import RunLayout, run_tag
+from vlm.steps import resolve_paths
 
 log = logging.getLogger(__name__)
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
@@ -62,8 +63,8 @@ def run_local(config_path: str, run_name: str = "", overrides: dict[str, Any] | 
 
 def _local_run_folder(cfg: PipelineConfig, run_name: str) -> Path:
     """The run folder (logs, events) on this machine: the run's folder, or under ./local_outputs for an S3 root."""
-    run_root = run_layout(cfg, _tag(run_name))["run_root"]
-    return Path(run_root) if not storage.is_s3(run_root) else Path.cwd() / "local_outputs" / "runs" / _tag(run_name)
+    run_root = RunLayout.of(cfg, run_tag(run_name)).run_root
+    return Path(run_root) if not storage.is_s3(run_root) else Path.cwd() / "local_outputs" / "runs" / run_tag(run_name)
 
 
 def summarize(cfg: PipelineConfig, run_name: str) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def summarize(cfg: PipelineConfig, run_name: str) -> dict[str, Any]:
                            "experiment": cfg.experiment_name()}
     exp = client.get_experiment_by_name(cfg.experiment_name())
     if exp is not None:
-        parent = tracking.find_pipeline_run(exp.experiment_id, _tag(run_name))
+        parent = tracking.find_pipeline_run(exp.experiment_id, run_tag(run_name))
         if parent is not None:
             out["parent_run_id"] = parent.info.run_id
             out["status"] = parent.info.status

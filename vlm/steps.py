@@ -6,33 +6,25 @@ parent run, calls the stage function (``vlm.data``, ``vlm.experts``, ``vlm.train
 The stage logic lives in those modules; nothing here re-implements it. Each step reports its start and end, with
 its key figure, through :func:`vlm.events.stage` (what ``vlm run`` prints).
 
-Where artefacts go (all under ``cfg.root``, local or S3):
-
-- ``datasets/<hash of data config>`` and ``labels/<hash>``: content-addressed, so re-runs reuse them
-  (and kfp's cache can skip the steps on a cluster);
-- ``runs/<run tag>/``: ``config.yaml``, ``pretrain/``, ``align/``, ``finetune/``, ``eval/`` for one run.
+Where artefacts go: :class:`vlm.run_context.RunLayout` (content-addressed ``datasets/`` and ``labels/`` that
+re-runs reuse, ``runs/<run tag>/`` for one run). The steps hold the run's tracking context
+(:class:`vlm.run_context.RunContext`): they open each stage's MLflow run, training's included, and hand it on.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from vlm import events, redact, storage, tracking
+from vlm import events, redact, run_context, storage, tracking
 from vlm.config import PipelineConfig, load_config, parse_config, set_path
 
 log = logging.getLogger(__name__)
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _absolute(uri: str, base: Path) -> str:
@@ -60,30 +52,6 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return data
 
 
-def run_layout(cfg: PipelineConfig, run_tag: str) -> dict[str, str]:
-    """Every URI of one pipeline run (explicit ``output`` fields in the config win)."""
-    data_key = _hash(cfg.data.model_dump(exclude={"output": True, "workers": True, "partitions": True,
-                                                  "min_partition_records": True, "download": {"threads"}}))
-    labels_key = _hash({"data": data_key, "experts": cfg.experts.model_dump(exclude={"output", "workers", "shard_groups",
-                                                                                      "batch_size", "device"})})
-    run_root = storage.join(cfg.root, "runs", run_tag)
-    return {
-        "run_root": run_root,
-        "config": storage.join(run_root, "config.yaml"),
-        "data": cfg.data.output or storage.join(cfg.root, "datasets", f"{cfg.data.name}-{data_key}"),
-        "labels": cfg.experts.output or storage.join(cfg.root, "labels", f"{cfg.data.name}-{labels_key}"),
-        "pretrain": cfg.train.output or storage.join(run_root, "pretrain", "model"),
-        "curated": cfg.align.output or storage.join(run_root, "align", "curated"),
-        "finetune": cfg.align.finetune.output or storage.join(run_root, "finetune", "model"),
-        "eval": cfg.eval.output or storage.join(run_root, "eval"),
-    }
-
-
-def _tag(run_tag: str) -> str:
-    tag = re.sub(r"[^a-z0-9-]+", "-", run_tag.lower()).strip("-")
-    return tag or "run"
-
-
 # ------------------------------------------------------------------------------------------ prepare
 @events.stage("prepare", summary=lambda out: f"run {out['run_tag']}, MLflow parent run {out['parent_run_id']}",
               run_key="parent_run_id")
@@ -99,10 +67,10 @@ def prepare(config_yaml: str, overrides_json: str = "{}", run_tag: str = "", par
     from vlm.align.tune import stage_two_config
 
     cfg = stage_two_config(parse_config(data, source="pipeline config"))  # each stage's TrainConfig, resolved
-    tag = _tag(run_tag)
-    layout = run_layout(cfg, tag)
+    tag = run_context.run_tag(run_tag)
+    layout = run_context.RunLayout.of(cfg, tag)
     text = yaml.safe_dump(redact.scrub_config(cfg.model_dump(mode="json"), log), sort_keys=False)
-    storage.write_text(layout["config"], text)
+    storage.write_text(layout.config, text)
     tracking.configure(cfg.tracking.uri)
     import mlflow
     from mlflow import MlflowClient
@@ -124,14 +92,14 @@ def prepare(config_yaml: str, overrides_json: str = "{}", run_tag: str = "", par
     run.set_tags({tracking.RUN_TAG: tag, "vlm.launcher": launcher})
     run.log_params(params)
     run.log_text(text, "config.yaml")
-    log.info("pipeline run %s: config at %s, MLflow parent run %s", tag, layout["config"], parent_run_id)
-    return {"config_uri": layout["config"], "parent_run_id": parent_run_id, "run_tag": tag, **layout}
+    log.info("pipeline run %s: config at %s, MLflow parent run %s", tag, layout.config, parent_run_id)
+    return {"config_uri": layout.config, "parent_run_id": parent_run_id, "run_tag": tag, **layout.to_dict()}
 
 
 def _stage(config_uri: str, stage: str, parent_run_id: str):
+    """The run's config and the stage's MLflow run (a context manager) under the pipeline's parent run."""
     cfg = load_config(config_uri)
-    tracking.configure(cfg.tracking.uri)
-    return cfg, tracking.stage_run(stage, cfg.experiment_name(), parent_run_id=parent_run_id or None)
+    return cfg, run_context.RunContext.of(cfg, parent_run_id).open(stage)
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -222,7 +190,9 @@ def _labels_summary(labels_uri: str) -> str:
 def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from: str = "",
           labels_uri: str = "", parent_run_id: str = "", run_tag: str = "") -> dict[str, Any]:
     """Run a training stage through :func:`vlm.train.launch.launch`: ``torchrun`` here (launcher ``local``, even
-    for one process), else a PyTorchJob or TrainJob (``vlm.k8s``); the summary is also at ``<output>-summary.json``."""
+    for one process), else a PyTorchJob or TrainJob (``vlm.k8s``); the summary is also at ``<output>-summary.json``.
+    The stage's MLflow run (a child of the pipeline's, or the one its checkpoints were written in) is opened here
+    and handed to the job."""
     cfg = load_config(config_uri)
     if stage == "finetune" and not cfg.align.enabled:
         return {"output": init_from, "run_id": "", "skipped": True}
@@ -230,12 +200,14 @@ def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from
         log.warning("curated set %s is too small; fine-tuning skipped, the stage-one model %s carries on",
                     data_uri, init_from)
         return {"output": init_from, "run_id": "", "skipped": True}
+    from vlm.train.job import TrainJob
     from vlm.train.launch import launch
 
-    env = {tracking.PARENT_ENV: parent_run_id} if parent_run_id else {}
-    summary = launch(cfg, stage, data_uri, output_uri, init_from, labels_uri if cfg.model.experts else "",
-                     config_uri=config_uri, isolate=True, env=env, run_tag=run_tag,
-                     summary_uri=storage.join(output_uri.rstrip("/") + "-summary.json"))
+    labels_uri = labels_uri if cfg.model.experts else ""
+    job = TrainJob.from_config(cfg, stage, data_uri, output_uri, init_from or None, labels_uri or None)
+    run_id = run_context.RunContext.of(cfg, parent_run_id).training_run(stage, job.checkpoint_uri)
+    summary = launch(cfg, stage, data_uri, output_uri, init_from, labels_uri, config_uri=config_uri, isolate=True,
+                     run_tag=run_tag, run_id=run_id, summary_uri=storage.join(output_uri.rstrip("/") + "-summary.json"))
     summary.setdefault("output", summary.get("model_uri") or output_uri)
     return summary
 
@@ -304,7 +276,7 @@ def evaluate(config_uri: str, model_uri: str, data_uri: str, output_uri: str, tr
     if train_run_id:
         return run_eval(model_uri, data_uri, ecfg, run_id=train_run_id, output=output_uri,
                         experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri)
-    with tracking.stage_run("evaluate", cfg.experiment_name(), parent_run_id=parent_run_id or None) as run:
+    with run_context.RunContext.of(cfg, parent_run_id).open("evaluate") as run:
         return run_eval(model_uri, data_uri, ecfg, run_id=run.run_id, output=output_uri,
                         experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri)
 
@@ -376,9 +348,9 @@ def finish(config_yaml: str, run_tag: str, state: str, error: str = "", parent_r
     client = MlflowClient()
     if not parent_run_id:
         exp = client.get_experiment_by_name(cfg.experiment_name())
-        run = tracking.find_pipeline_run(exp.experiment_id, _tag(run_tag)) if exp else None
+        run = tracking.find_pipeline_run(exp.experiment_id, run_context.run_tag(run_tag)) if exp else None
         if run is None:
-            log.warning("no MLflow parent run tagged vlm.run_tag=%s; nothing to close", _tag(run_tag))
+            log.warning("no MLflow parent run tagged vlm.run_tag=%s; nothing to close", run_context.run_tag(run_tag))
             return ""
         parent_run_id = run.info.run_id
     if state.upper() in {"SUCCEEDED", "SUCCESS"}:

@@ -550,7 +550,7 @@ def stage_run(stage: str, experiment: str, parent_run_id: str | None = None, run
 
     Non-zero ranks get a :class:`NullRun`. On an exception the run is marked FAILED and re-raised.
     With ``finish=False`` an attached run is left open (for a stage that only adds to another's run).
-    With ``resume=True`` the ``run_id`` (a training run recorded in its checkpoint) is reopened as RUNNING
+    With ``resume=True`` the ``run_id`` (a training run its caller opened or found) is reopened as RUNNING
     and closed like a run of its own; a new run is created if the tracking store does not know it.
     ``buffered`` and ``system_metrics``: see :class:`Run`; leaving the block flushes the buffer and raises
     :class:`TrackingUnavailable` (marking the run FAILED if it can) when MLflow stays away.
@@ -590,7 +590,7 @@ def reopen_run(run_id: str) -> str | None:
     except MlflowException as exc:
         if exc.get_http_status_code() != 404:
             raise
-        log.warning("MLflow run %s (from the checkpoint) is not in %s: starting a new run", run_id, current_uri())
+        log.warning("MLflow run %s is not in %s: starting a new run", run_id, current_uri())
         return None
     log.info("resuming MLflow run %s", run_id)
     return run_id

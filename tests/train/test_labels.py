@@ -124,7 +124,7 @@ def test_labels_lacking_a_model_expert_fail_at_start(labelled, tmp_path):
     with pytest.raises(ExpertLabelsError, match=rf"needs expert 'depth' but the expert labels {labelled['labels']} "
                                                 r"have no 'depth' labels \(they have \['edges'\]\)"):
         train(cfg, "pretrain", labelled["data"], str(tmp_path / "m"), labels_uri=labelled["labels"],
-              model_factory_=lambda c: built.append(c))
+              model_factory=lambda c: built.append(c))
     assert not built  # before the model is built
     with pytest.raises(ExpertLabelsError, match=r"model.experts is \['edges', 'depth'\] but no expert labels"):
         train(cfg, "pretrain", labelled["data"], str(tmp_path / "m"))
@@ -170,7 +170,7 @@ def test_training_feeds_the_expert_maps_and_resumes_exactly(labelled, tmp_path):
     kw = {"steps": 4, "checkpoint_every": 2, "keep_checkpoints": 2, "eval_samples": 4, "batch_size": 4}
     rec = Recorder()
     full = train(parse_config(_cfg(tmp_path / "a", ["edges"], **kw)), "pretrain", labelled["data"],
-                 str(tmp_path / "a" / "model"), labels_uri=labelled["labels"], model_factory_=rec)
+                 str(tmp_path / "a" / "model"), labels_uri=labelled["labels"], model_factory=rec)
     assert full["steps"] == 4 and full["labels_uri"] == labelled["labels"] and full["missing_labels"] == {"edges": 0}
     train_calls = [c for c in rec.calls if c[0]]
     eval_calls = [c for c in rec.calls if not c[0]]
@@ -189,7 +189,7 @@ def test_training_feeds_the_expert_maps_and_resumes_exactly(labelled, tmp_path):
     (ckpt_b / "latest").write_text("step-000002")
     rec_b = Recorder()
     resumed = train(parse_config(_cfg(tmp_path / "b", ["edges"], labels=labelled["labels"], **kw)), "pretrain",
-                    labelled["data"], str(tmp_path / "b" / "model"), model_factory_=rec_b)
+                    labelled["data"], str(tmp_path / "b" / "model"), model_factory=rec_b)
     assert resumed["resumed_from_step"] == 2 and resumed["final_loss"] == pytest.approx(full["final_loss"], abs=1e-6)
     again = load_file(str(ckpt_b / "step-000004" / "trainable.safetensors"))
     for k in final:

@@ -2,7 +2,7 @@
 
 ``vlm.train.launch.launch(cfg, stage, data_uri, output_uri, init_from, labels_uri, ...) -> dict`` runs a stage
 where ``cluster.launcher`` and ``nproc`` say (this process, local torchrun, or a cluster job); ``train(cfg, stage, ...)
--> dict`` runs it in this process (every process of a torchrun / PyTorchJob launch calls it);
+-> dict`` runs it in this process (both open the stage's MLflow run through :mod:`vlm.run_context`) (every process of a torchrun / PyTorchJob launch calls it);
 ``launch_local(config_path, nproc, args) -> int`` starts torchrun locally. The engine itself is
 :class:`vlm.train.trainer.Trainer`, driven by a :class:`vlm.train.job.TrainJob`.
 """
@@ -16,9 +16,9 @@ __all__ = ["train", "launch_local"]
 
 def train(cfg, stage: str = "pretrain", data_uri: str | None = None, output_uri: str | None = None,
           init_from: str | None = None, labels_uri: str | None = None, **kw: Any) -> dict[str, Any]:
-    from vlm.train.trainer import train as _train
+    from vlm.train.launch import train as _train
 
-    return _train(cfg, stage, data_uri, output_uri, init_from, labels_uri=labels_uri, **kw)
+    return _train(cfg, stage, data_uri or "", output_uri or "", init_from or "", labels_uri or "", **kw)
 
 
 def launch_local(config_path: str, nproc: int, args: list[str] | None = None, **kw: Any) -> int:

@@ -1,7 +1,8 @@
 """What a training run is asked (:class:`TrainJob`) and what it answers (:class:`TrainResult`). No torch here.
 
 A job is resolved once from the pipeline config: the stage's TrainConfig, the model config and every URI.
-The engine (:class:`vlm.train.trainer.Trainer`) reads only the job.
+The engine (:class:`vlm.train.trainer.Trainer`) reads only the job; the MLflow run it logs into comes with the job
+(``run_id``, from the caller's :class:`vlm.run_context.RunContext`).
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ class TrainJob:
     labels_uri: str = ""
     experiment: str = ""
     tracking_uri: str = ""
+    run_id: str = ""  # the MLflow run to log into, given by the caller (vlm.run_context); "" = no tracking
+
+    def with_run(self, run_id: str) -> TrainJob:
+        return dataclasses.replace(self, run_id=run_id)
 
     @classmethod
     def from_config(cls, cfg, stage: str = "pretrain", data_uri: str | None = None, output_uri: str | None = None,
-                    init_from: str | None = None, labels_uri: str | None = None) -> TrainJob:
+                    init_from: str | None = None, labels_uri: str | None = None, run_id: str = "") -> TrainJob:
         """The job of ``stage`` in a PipelineConfig; explicit URIs win over the config's, then the defaults
         (``<root>/data``, ``<root>/<stage>/model``, ``<output's parent>/checkpoints/<stage>``)."""
         tcfg = stage_config(cfg, stage)
@@ -67,7 +72,7 @@ class TrainJob:
                    checkpoint_uri=tcfg.checkpoint_dir or storage.join(_parent(output), "checkpoints", stage),
                    init_from=init_from or tcfg.init_from, labels_uri=labels_uri or tcfg.labels,
                    experiment=cfg.experiment_name() if hasattr(cfg, "experiment_name") else cfg.name,
-                   tracking_uri=cfg.tracking.uri)
+                   tracking_uri=cfg.tracking.uri, run_id=run_id)
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """Launching a training stage: :func:`launch` (the one way in: pipeline step, ``vlm train``, ``vlm align
-finetune``), the ``python -m vlm.train`` entrypoint of each process, and local torchrun launches."""
+finetune``), :func:`train` (one stage in this process: the ``python -m vlm.train`` entrypoint of each process),
+and local torchrun launches. Both find the stage's MLflow run through :mod:`vlm.run_context` before the engine
+starts; the engine only logs into it."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default="", help="model artefact URI to start from")
     p.add_argument("--labels", default="", help="expert labels URI (for model.experts); default train.labels")
     p.add_argument("--summary", default="", help="write the JSON summary here (rank 0)")
+    p.add_argument("--run-id", default="", help="MLflow run to log into (default: the run of the checkpoints "
+                   "being resumed, else a new one)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=20 (YAML-parsed value)")
     return p
@@ -74,12 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     from vlm.tracking import TrackingUnavailable
     from vlm.train.checkpoint import CheckpointError
     from vlm.train.labels import ExpertLabelsError
-    from vlm.train.trainer import train
 
     _die_with_parent()
     try:
-        summary = train(cfg, args.stage, args.data or None, args.output or None, args.init_from or None,
-                        labels_uri=args.labels or None)
+        summary = train(cfg, args.stage, args.data, args.output, args.init_from, args.labels, run_id=args.run_id)
     except (ExpertLabelsError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -146,10 +148,35 @@ class LaunchError(RuntimeError):
         self.returncode = returncode
 
 
+def with_run(job, cfg, run_id: str = "", parent_run_id: str = ""):
+    """``job`` with the MLflow run it logs into: ``run_id``, else the :class:`vlm.run_context.RunContext`'s
+    training run (the run of the checkpoints it resumes, else a new child of ``parent_run_id`` /
+    ``$VLM_PARENT_RUN_ID``). Only rank 0 tracks: other ranks keep no run."""
+    from vlm import tracking
+
+    if run_id or not tracking.is_rank0():
+        return job.with_run(run_id)
+    from vlm.run_context import RunContext
+
+    return job.with_run(RunContext.of(cfg, parent_run_id).training_run(job.stage, job.checkpoint_uri))
+
+
+def train(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "", init_from: str = "",
+          labels_uri: str = "", *, run_id: str = "", model_factory: Any = None) -> dict[str, Any]:
+    """Run one stage of ``cfg`` in this process (each process of a torchrun / PyTorchJob launch calls this);
+    the JSON summary (:meth:`vlm.train.job.TrainResult.to_dict`). Resumes from the latest checkpoint
+    (``train.resume``); logs into ``run_id`` or the run :func:`with_run` finds."""
+    from vlm.train.job import TrainJob
+    from vlm.train.trainer import run
+
+    job = TrainJob.from_config(cfg, stage, data_uri or None, output_uri or None, init_from or None, labels_uri or None)
+    return run(with_run(job, cfg, run_id), model_factory).to_dict()
+
+
 def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "", init_from: str = "",
            labels_uri: str = "", *, config_uri: str = "", overrides: list[str] | tuple[str, ...] = (), nproc: int = 0,
            isolate: bool = False, env: dict[str, str] | None = None, summary_uri: str = "",
-           run_tag: str = "") -> dict[str, Any]:
+           run_tag: str = "", run_id: str = "") -> dict[str, Any]:
     """Run one training stage of ``cfg`` where it belongs; its summary (:meth:`vlm.train.job.TrainResult.to_dict`).
 
     ``cluster.launcher`` ``pytorchjob`` / ``trainjob``: a cluster job (:func:`vlm.k8s.launch.run_cluster_job`)
@@ -158,7 +185,9 @@ def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "
     torchrun, or this process when that is 1 (or this is already a torchrun worker) and not ``isolate`` (the
     pipeline step isolates even one process); either way with :mod:`vlm.train.threads`' policy.
     ``config_uri`` + ``overrides`` (``--set KEY=VALUE``) must give ``cfg``; without ``config_uri`` a local launch
-    writes ``cfg`` to a temporary file. ``env``: extra environment of the launched processes. Raises
+    writes ``cfg`` to a temporary file. ``env``: extra environment of the launched processes. ``run_id``: the
+    MLflow run to log into (the pipeline step's); without it this process finds or opens one (:func:`with_run`)
+    and hands it to the launched processes. Raises
     :class:`LaunchError` when torchrun fails, :class:`vlm.k8s.lifecycle.ClusterJobError` when the job does.
     """
     from vlm.train.job import TrainJob
@@ -172,8 +201,9 @@ def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "
         threads.apply()
         from vlm.train.trainer import run
 
-        return run(job).to_dict()
-    args = ["--stage", stage]
+        return run(with_run(job, cfg, run_id)).to_dict()
+    job = with_run(job, cfg, run_id)
+    args = ["--stage", stage, "--run-id", job.run_id]
     for flag, value in (("--data", data_uri), ("--output", output_uri), ("--init-from", init_from),
                         ("--labels", labels_uri)):
         if value:

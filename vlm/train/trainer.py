@@ -200,14 +200,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ fit
     def fit(self) -> TrainResult:
-        """Train from the resumed step to ``train.steps`` inside the stage's MLflow run (a resumed run attaches
-        to the checkpoint's run; buffered, with system metrics); the result on every rank."""
+        """Train from the resumed step to ``train.steps``; the result on every rank.
+
+        Rank 0 logs into the job's MLflow run (``job.run_id``, opened by the caller's
+        :class:`vlm.run_context.RunContext`; buffered, with system metrics), sets it RUNNING and closes it:
+        FINISHED, or FAILED on an exception. Without a run id nothing is tracked."""
         from vlm import tracking
 
+        if not self.job.run_id:
+            return self._train()
         if self.info.is_main:
             tracking.configure(self.job.tracking_uri)
-        with tracking.stage_run(self.job.stage, self.job.experiment, run_id=self.state.get("run_id"),
-                                run_name=self.job.stage, resume=True, buffered=True, system_metrics=True) as run:
+        with tracking.stage_run(self.job.stage, self.job.experiment, run_id=self.job.run_id, resume=True,
+                                buffered=True, system_metrics=True) as run:
             self.tracker = run
             return self._train()
 
@@ -330,7 +335,7 @@ class Trainer:
             stage=job.stage, strategy=tcfg.strategy, world_size=self.info.world_size, steps=self.global_step,
             resumed_from_step=self.start, final_loss=self.last_loss, eval_before=self.eval_before,
             eval_after=metrics_after, model_uri=job.output_uri, checkpoint_uri=job.checkpoint_uri,
-            run_id=self.tracker.run_id, rejected_samples=int(totals[0]), rejected=by_reason,
+            run_id=self.tracker.run_id or None, rejected_samples=int(totals[0]), rejected=by_reason,
             labels_uri=self.labels.labels_uri if self.labels else "", missing_labels=missing, probe=probe,
             throughput=self.throughput)
 
@@ -362,14 +367,3 @@ def run(job: TrainJob, factory: Callable | str | None = None) -> TrainResult:
         return result
     finally:
         dist.shutdown()
-
-
-def train(cfg, stage: str = "pretrain", data_uri: str | None = None, output_uri: str | None = None,
-          init_from: str | None = None, model_factory_: Callable | str | None = None,
-          labels_uri: str | None = None) -> dict[str, Any]:
-    """Run one stage of a PipelineConfig in this process; the JSON summary (:meth:`TrainResult.to_dict`).
-
-    Resumes automatically from the latest checkpoint under the checkpoint URI (``train.resume``). When the
-    model has expert inputs (``model.experts``), ``labels_uri`` (else ``train.labels``) gives their labels.
-    """
-    return run(TrainJob.from_config(cfg, stage, data_uri, output_uri, init_from, labels_uri), model_factory_).to_dict()
