@@ -592,7 +592,7 @@ def reopen_run(run_id: str) -> str | None:
             raise
         log.warning("MLflow run %s is not in %s: starting a new run", run_id, current_uri())
         return None
-    log.info("resuming MLflow run %s", run_id)
+    log.info("MLflow run %s: RUNNING", run_id)
     return run_id
 
 

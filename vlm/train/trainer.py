@@ -211,6 +211,8 @@ class Trainer:
             return self._train()
         if self.info.is_main:
             tracking.configure(self.job.tracking_uri)
+            log.info("logging to MLflow run %s%s", self.job.run_id,
+                     f" (continued from step {self.start})" if self.start else "")
         with tracking.stage_run(self.job.stage, self.job.experiment, run_id=self.job.run_id, resume=True,
                                 buffered=True, system_metrics=True) as run:
             self.tracker = run
