@@ -10,8 +10,6 @@ from vlm.configbase import Section
 
 DEFAULT_TEMPLATE = "###Human: <Img><ImageHere></Img> {instruction} ###Assistant: "
 IMAGE_PLACEHOLDER = "<ImageHere>"
-ANSWER_MARKER = "Answer:"  # describe_first: what separates the description from the answer
-DESCRIPTION_TOKENS = 32  # describe_first: new tokens generation adds for the description
 
 
 class VisionConfig(Section):
@@ -129,10 +127,6 @@ class ModelConfig(Section):
     end_sym: str = Field("###", description="appended to answers in training; generation stops on it (\"\" = EOS only)")
     max_length: int = Field(256, ge=8, description="text tokens per example (prompt + answer), longer is cut")
     generation: GenerationConfig = GenerationConfig()
-    describe_first: bool = Field(
-        False, description="VQA answers are taught and generated as '<the image's caption> Answer: <answer>': the "
-        "model puts the image into words, then compares them with the question (with llm.lora_rank the LLM learns "
-        "that comparison from text); generation has room for the description and returns the text after it")
     bf16: bool = False
     gradient_checkpointing: bool = False
     seed: int = Field(0, description="seed of tiny random encoders and of the trainable parts' initialisation")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlm.models.adapters import build_adapter
-from vlm.models.config import ANSWER_MARKER, DESCRIPTION_TOKENS, IMAGE_PLACEHOLDER, ModelConfig
+from vlm.models.config import IMAGE_PLACEHOLDER, ModelConfig
 from vlm.models.experts import ExpertsInput, collate_experts
 from vlm.models.fusion import MPlugFusion
 from vlm.models.layers import Bottleneck
@@ -153,15 +153,6 @@ class VisionLanguageModel(nn.Module):
         return [self.format_prompt(i) for i in instructions]
 
     # ----------------------------------------------------------------------------------- batches
-    def target(self, example: Mapping[str, Any]) -> str | None:
-        """The text an example teaches: its answer; with ``describe_first`` a VQA example with a caption
-        teaches ``"<caption> Answer: <answer>"``."""
-        answer = example.get("answer")
-        caption = example.get("caption")
-        if self.config.describe_first and answer is not None and example.get("task") == "vqa" and caption:
-            return f"{caption.strip()} {ANSWER_MARKER} {answer}"
-        return answer
-
     def collate(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Examples ``{image, instruction|prompt, answer, experts?}`` -> a right-padded training batch."""
         if not examples:
@@ -174,7 +165,7 @@ class VisionLanguageModel(nn.Module):
             if prompt is None:
                 raise ValueError(f"example {i}: needs 'instruction' or 'prompt'")
             before, after = self._prompt_parts(prompt)
-            answer = self.target(ex)
+            answer = ex.get("answer")
             ans = self._tok(answer + self.config.end_sym) if answer is not None else []
             n_prompt = len(before) + len(after)
             if n_prompt >= self.config.max_length:
@@ -304,15 +295,11 @@ class VisionLanguageModel(nn.Module):
                  max_new_tokens: int | None = None, repetition_penalty: float | None = None,
                  experts: Sequence[Mapping[str, np.ndarray] | None] | None = None) -> list[str]:
         """Caption / answer each image. Greedy when ``num_beams == 1``, beam search otherwise; stops on
-        ``end_sym`` or EOS and returns the text before ``end_sym``. With ``describe_first`` the model gets
-        ``DESCRIPTION_TOKENS`` more new tokens and an answer comes back without its description."""
+        ``end_sym`` or EOS and returns the text before ``end_sym``."""
         ids = self.generate_ids(images, instructions, prompts, num_beams, max_new_tokens, repetition_penalty, experts)
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         end = self.config.end_sym
-        texts = [(t.split(end)[0] if end else t).strip() for t in texts]
-        if self.config.describe_first:  # "<description> Answer: <answer>" -> the answer
-            texts = [t.rsplit(ANSWER_MARKER, 1)[1].strip() if ANSWER_MARKER in t else t for t in texts]
-        return texts
+        return [(t.split(end)[0] if end else t).strip() for t in texts]
 
     @torch.no_grad()
     def generate_ids(self, images: Sequence[ImageLike], instructions: Sequence[str] | str | None = None,
@@ -345,8 +332,7 @@ class VisionLanguageModel(nn.Module):
             embeds = torch.stack([F.pad(s, (0, 0, width - len(s), 0)) for s in seqs])  # left padding
             attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
             gen_cfg = GenerationConfig(
-                max_new_tokens=(max_new_tokens or g.max_new_tokens) + (DESCRIPTION_TOKENS if self.config.describe_first
-                                                                        else 0), num_beams=beams,
+                max_new_tokens=max_new_tokens or g.max_new_tokens, num_beams=beams,
                 repetition_penalty=repetition_penalty or g.repetition_penalty, do_sample=False,
                 pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
                 stop_strings=[self.config.end_sym] if self.config.end_sym else None,
