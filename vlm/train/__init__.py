@@ -2,7 +2,8 @@
 
 ``vlm.train.launch.launch(cfg, stage, data_uri, output_uri, init_from, labels_uri, ...) -> dict`` runs a stage
 where ``cluster.launcher`` and ``nproc`` say (this process, local torchrun, or a cluster job); ``train(cfg, stage, ...)
--> dict`` runs it in this process (both open the stage's MLflow run through :mod:`vlm.run_context`) (every process of a torchrun / PyTorchJob launch calls it);
+-> dict`` runs it in this process (every process of a torchrun / PyTorchJob launch calls it); without a run id
+both find or open the stage's MLflow run through :mod:`vlm.run_context`;
 ``launch_local(config_path, nproc, args) -> int`` starts torchrun locally. The engine itself is
 :class:`vlm.train.trainer.Trainer`, driven by a :class:`vlm.train.job.TrainJob`.
 """
