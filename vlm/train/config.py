@@ -13,7 +13,9 @@ class TrainConfig(Section):
     strategy: Literal["none", "ddp", "fsdp2", "deepspeed"] = "deepspeed"
     zero_stage: Literal[1, 2, 3] = 2
     nproc: int = Field(1, ge=1, description="processes per node for torchrun")
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 autocast where the device multiplies bf16 fast (CUDA; CPUs with "
+        "AVX512-BF16/AMX), fp32 elsewhere (see vlm.train.precision)")
     gradient_checkpointing: bool = False
     steps: int = Field(100, ge=1)
     max_seconds: float = Field(0, ge=0, description="stop after the first step that ends this many seconds into "

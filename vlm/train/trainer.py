@@ -119,6 +119,9 @@ class Trainer:
         self._load_checkpoint_weights(model)  # before the strategy wraps (and may shard) the model
         self.strategy = get_strategy(tcfg, self.info)
         self.strategy.setup(model)
+        if self.info.is_main:
+            log.info("strategy %s, %s on %s (precision: %s)", tcfg.strategy, self.strategy.precision,
+                     self.info.device.type, tcfg.precision)
         self.eval_set = self._eval_examples()
 
     def _load_checkpoint_weights(self, model) -> None:
@@ -268,7 +271,8 @@ class Trainer:
             "checkpoint_uri": job.checkpoint_uri, "params_trainable": self.counts["trainable"],
             "params_frozen": self.counts["frozen"], "init_from": job.init_from,
             "labels_uri": self.labels.labels_uri if self.labels else ""})
-        self.tracker.set_tags({"vlm.strategy": tcfg.strategy, "vlm.device": info.device.type})
+        self.tracker.set_tags({"vlm.strategy": tcfg.strategy, "vlm.device": info.device.type,
+                               "vlm.precision": self.strategy.precision})
 
     def _log_step(self, loss: float, grad_norm: float) -> None:
         """Loss, lr, grad norm, throughput, memory and data counts of the window since the last logged step."""

@@ -3,7 +3,7 @@
 A strategy owns the wrapped model, the optimizer and the LR scheduler. The loop calls, per optimizer step::
 
     for i in range(grad_accum):
-        out = strategy.micro_step(batch, last=i == grad_accum - 1)   # forward (bf16 autocast) + backward
+        out = strategy.micro_step(batch, last=i == grad_accum - 1)   # forward (autocast) + backward
     grad_norm = strategy.step()                     # clip, optimizer + scheduler step, zero grads
 
 Checkpoint hooks are collective (every rank calls them): ``trainable_state_dict`` returns the full trainable
@@ -24,6 +24,7 @@ import torch
 from vlm.train.checkpoint import safe_torch_load
 from vlm.train.config import TrainConfig
 from vlm.train.dist import DistInfo
+from vlm.train.precision import resolve as resolve_precision
 
 STRATEGIES: dict[str, type[Strategy]] = {}
 
@@ -50,6 +51,7 @@ class Strategy:
 
     def __init__(self, cfg: TrainConfig, info: DistInfo):
         self.cfg, self.info = cfg, info
+        self.precision = resolve_precision(cfg.precision, info.device)  # "auto" -> what this device runs fast
         self.model: torch.nn.Module | None = None  # the unwrapped model (collate, save, state dicts)
         self.engine: Any = None  # what forward() calls
         self.optimizer: torch.optim.Optimizer | None = None
@@ -70,7 +72,7 @@ class Strategy:
 
     # ----------------------------------------------------------------- one step
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
