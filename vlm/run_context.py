@@ -24,6 +24,7 @@ from typing import Any
 from vlm import storage
 
 CHECKPOINT_TAG = "vlm.checkpoint_uri"
+CHECKPOINT_DIR_RE = re.compile(r"^step-(\d+)$")  # one checkpoint's folder under a checkpoint URI (vlm.train.checkpoint)
 
 
 def _hash(obj: Any) -> str:
@@ -103,33 +104,28 @@ class RunContext:
     def stage_run(self, stage: str, tags: dict[str, str] | None = None, reuse: bool = False) -> str:
         """The id of ``stage``'s MLflow run: with ``reuse`` the newest existing run of this stage with these
         ``tags`` under this parent (a re-run continues it), else a new child run of the parent (status RUNNING)."""
-        from mlflow import MlflowClient
-
         from vlm import tracking
 
         tracking.configure(self.tracking_uri)
         tags = dict(tags or {})
         if reuse and (previous := self._find(stage, tags)):
             return previous
-        run_id = tracking.create_stage_run(stage, self.experiment, self.parent_run_id or None)
-        client = MlflowClient()
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
-        return run_id
+        return tracking.create_stage_run(stage, self.experiment, self.parent_run_id or None, tags=tags)
 
     def _find(self, stage: str, tags: dict[str, str]) -> str | None:
         from mlflow import MlflowClient
 
         from vlm import tracking
 
-        exp = MlflowClient().get_experiment_by_name(self.experiment)
+        client = MlflowClient()
+        exp = client.get_experiment_by_name(self.experiment)
         if exp is None:
             return None
         wanted = {tracking.STAGE_TAG: stage, **tags}
         if self.parent_run_id:
             wanted["mlflow.parentRunId"] = self.parent_run_id
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in wanted.items())
-        runs = MlflowClient().search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"],
+        runs = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"],
                                           max_results=1)
         return runs[0].info.run_id if runs else None
 
@@ -142,5 +138,5 @@ class RunContext:
 def has_checkpoints(checkpoint_uri: str) -> bool:
     """Whether ``checkpoint_uri`` holds any checkpoint folder (``step-NNNNNN/``), complete or not."""
     base = checkpoint_uri.rstrip("/") + "/"
-    return any(uri[len(base):].startswith("step-") for uri in storage.list_uris(checkpoint_uri)
+    return any(CHECKPOINT_DIR_RE.match(uri[len(base):].split("/")[0]) for uri in storage.list_uris(checkpoint_uri)
                if uri.startswith(base))

@@ -191,8 +191,8 @@ def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from
           labels_uri: str = "", parent_run_id: str = "", run_tag: str = "") -> dict[str, Any]:
     """Run a training stage through :func:`vlm.train.launch.launch`: ``torchrun`` here (launcher ``local``, even
     for one process), else a PyTorchJob or TrainJob (``vlm.k8s``); the summary is also at ``<output>-summary.json``.
-    The stage's MLflow run (a child of the pipeline's, or the one its checkpoints were written in) is opened here
-    and handed to the job."""
+    ``launch`` opens the stage's MLflow run in this process (a child of ``parent_run_id``, or the run its
+    checkpoints were written in) and hands it to the job."""
     cfg = load_config(config_uri)
     if stage == "finetune" and not cfg.align.enabled:
         return {"output": init_from, "run_id": "", "skipped": True}
@@ -200,14 +200,12 @@ def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from
         log.warning("curated set %s is too small; fine-tuning skipped, the stage-one model %s carries on",
                     data_uri, init_from)
         return {"output": init_from, "run_id": "", "skipped": True}
-    from vlm.train.job import TrainJob
     from vlm.train.launch import launch
 
     labels_uri = labels_uri if cfg.model.experts else ""
-    job = TrainJob.from_config(cfg, stage, data_uri, output_uri, init_from or None, labels_uri or None)
-    run_id = run_context.RunContext.of(cfg, parent_run_id).training_run(stage, job.checkpoint_uri)
     summary = launch(cfg, stage, data_uri, output_uri, init_from, labels_uri, config_uri=config_uri, isolate=True,
-                     run_tag=run_tag, run_id=run_id, summary_uri=storage.join(output_uri.rstrip("/") + "-summary.json"))
+                     run_tag=run_tag, parent_run_id=parent_run_id,
+                     summary_uri=storage.join(output_uri.rstrip("/") + "-summary.json"))
     summary.setdefault("output", summary.get("model_uri") or output_uri)
     return summary
 

@@ -529,13 +529,14 @@ def pipeline_run(experiment: str, run_name: str | None = None, tags: Mapping[str
 
 
 def create_stage_run(stage: str, experiment: str, parent_run_id: str | None = None,
-                     run_name: str | None = None, tracking_uri: str | None = None) -> str:
-    """Create a child run (status RUNNING) and return its id; rank 0 only."""
+                     run_name: str | None = None, tracking_uri: str | None = None,
+                     tags: dict[str, str] | None = None) -> str:
+    """Create a child run (status RUNNING) with ``tags`` and return its id; rank 0 only."""
     configure(tracking_uri)
     from mlflow import MlflowClient
 
     parent = parent_run_id or os.environ.get(PARENT_ENV)
-    tags = {STAGE_TAG: stage, PIPELINE_TAG: experiment}
+    tags = {**(tags or {}), STAGE_TAG: stage, PIPELINE_TAG: experiment}
     if parent:
         tags["mlflow.parentRunId"] = parent
     run = MlflowClient().create_run(ensure_experiment(experiment), run_name=run_name or stage, tags=tags)

@@ -97,3 +97,33 @@ def test_bad_prompts_are_rejected(examples):
         model.collate([{"image": examples[0]["image"], "instruction": "x" * 200, "answer": "x"}])
     with pytest.raises(ValueError, match="2 instructions for 1 images"):
         model.generate([examples[0]["image"]], ["a", "b"])
+
+
+def test_describe_first_teaches_the_description_then_the_answer_and_returns_only_the_answer():
+    """``describe_first``: a VQA example with a caption teaches "<caption> <question> Answer: <answer>###", the
+    answer tokens weighted ``losses.answer``; other examples are unchanged; generation leaves room for the
+    description and returns the answer after it."""
+    from tests.models.helpers import train_steps
+
+    model = build_model(tiny_config("mlp", describe_first=True, losses={"answer": 4.0},
+                                    llm={"type": "tiny", "lora_rank": 8, "lora_targets": ["q_proj", "v_proj", "o_proj"]}))
+    image = make_images(1)[0]
+    vqa = {"image": image, "instruction": "Is it red?", "answer": "no", "task": "vqa", "caption": "A blue box."}
+    examples = [vqa, {**vqa, "caption": None}, {"image": image, "instruction": "Describe.", "answer": "A blue box.",
+                                                "task": "caption"}]
+    batch = model.collate(examples)
+    taught = [model.tokenizer.decode(row[row != -100].tolist()) for row in batch["labels"]]
+    assert taught == ["A blue box. Is it red? Answer: no###", "no###", "A blue box.###"]
+    weights = batch["loss_weights"][0][batch["labels"][0] != -100].tolist()
+    n_answer = len(model.tokenizer(" no###", add_special_tokens=False)["input_ids"])
+    assert weights == [1.0] * (len(weights) - n_answer) + [4.0] * n_answer
+    assert batch["loss_weights"][0][batch["labels"][0] == -100].eq(0).all(), "no weight on the prompt or padding"
+    equal = build_model(tiny_config("mlp", describe_first=True, losses={"answer": 1.0}))
+    assert "loss_weights" not in equal.collate(examples), "answer weight 1: the plain mean"
+    train_steps(model, model.collate([vqa]), steps=80, lr=2e-2)
+    raw = model.tokenizer.decode(model.generate_ids([image], "Is it red?", num_beams=1, max_new_tokens=4)[0],
+                                 skip_special_tokens=True)  # the tiny tokenizer: one token per character
+    assert raw.startswith("A blue box. Is it red? Answer: no###"), "4 new tokens for the answer, room for the rest"
+    assert model.generate([image], "Is it red?", num_beams=1, max_new_tokens=4) == ["no"]
+    plain = build_model(tiny_config("mlp"))
+    assert plain.collate([vqa])["labels"].ne(-100).sum() < batch["labels"][0].ne(-100).sum()

@@ -114,3 +114,23 @@ def test_balance_answers_evens_out_a_common_answer():
     assert 0.15 < share(uniform) < 0.35 and 0.4 < share(balanced) < 0.6
     assert {e["instruction"] for e in balanced if e["answer"] == "no"} == {q["question"] for q in qa[:3]}
     assert all(e["answer"] == "yes" for e in balanced if e["instruction"] == "is there a gray shape?")
+
+
+def test_training_batches_carry_what_the_models_targets_need(shards):
+    """The engine's batches reach ``collate`` with each example's task and caption: a ``describe_first`` model
+    is taught "<caption> <question> Answer: <answer>" on VQA examples, the caption alone on caption examples."""
+    import torch
+
+    from vlm.models import build_model
+    from vlm.train.batches import BatchDataset
+    from vlm.train.config import TrainConfig
+    from vlm.train.dist import DistInfo
+
+    model = build_model({"vision": {"type": "tiny"}, "llm": {"type": "tiny"}, "describe_first": True})
+    cfg = TrainConfig(tasks=["caption", "vqa"], batch_size=8, shuffle_buffer=0)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    batch = next(iter(BatchDataset(list_shards(shards, "train"), cfg, info, model.collate, [0])))[0]
+    taught = [model.tokenizer.decode(row[row != -100].tolist()) for row in batch["labels"]]
+    vqa = [t for t in taught if " Answer: " in t]
+    assert vqa and all(t.startswith("a ") and t.endswith(("red###", "green###", "blue###", "yellow###")) for t in vqa)
+    assert all(t.startswith("a ") for t in taught), taught  # caption examples: the caption itself

@@ -10,6 +10,8 @@ from vlm.configbase import Section
 
 DEFAULT_TEMPLATE = "###Human: <Img><ImageHere></Img> {instruction} ###Assistant: "
 IMAGE_PLACEHOLDER = "<ImageHere>"
+ANSWER_MARKER = "Answer:"  # describe_first: what separates the description from the answer
+DESCRIPTION_TOKENS = 32  # describe_first: new tokens generation adds for the description
 
 
 class VisionConfig(Section):
@@ -104,6 +106,8 @@ class LossConfig(Section):
     """Weights of the objectives; ITC/ITM (mPLUG) need fusion.enabled."""
 
     caption: float = Field(1.0, ge=0)
+    answer: float = Field(1.0, gt=0, description="describe_first: weight of each answer token (the words after "
+                          "'Answer:') in the LM loss, against 1 for each token of the description before them")
     itc: float = Field(0.0, ge=0)
     itm: float = Field(0.0, ge=0)
 
@@ -127,6 +131,11 @@ class ModelConfig(Section):
     end_sym: str = Field("###", description="appended to answers in training; generation stops on it (\"\" = EOS only)")
     max_length: int = Field(256, ge=8, description="text tokens per example (prompt + answer), longer is cut")
     generation: GenerationConfig = GenerationConfig()
+    describe_first: bool = Field(
+        False, description="VQA answers are taught and generated as '<the image's caption> <the question> Answer: "
+        "<answer>': the model puts the image into words and restates the question, so the answer follows both in "
+        "the order a reader compares them (with llm.lora_rank the LLM learns that comparison from text); generation "
+        "has room for the description and returns the text after it")
     bf16: bool = False
     gradient_checkpointing: bool = False
     seed: int = Field(0, description="seed of tiny random encoders and of the trainable parts' initialisation")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlm.models.adapters import build_adapter
-from vlm.models.config import IMAGE_PLACEHOLDER, ModelConfig
+from vlm.models.config import ANSWER_MARKER, DESCRIPTION_TOKENS, IMAGE_PLACEHOLDER, ModelConfig
 from vlm.models.experts import ExpertsInput, collate_experts
 from vlm.models.fusion import MPlugFusion
 from vlm.models.layers import Bottleneck
@@ -153,11 +153,24 @@ class VisionLanguageModel(nn.Module):
         return [self.format_prompt(i) for i in instructions]
 
     # ----------------------------------------------------------------------------------- batches
+    def target(self, example: Mapping[str, Any]) -> tuple[str, str] | None:
+        """What an example teaches, as (description, answer): ``("", answer)``; with ``describe_first`` a VQA
+        example with a caption teaches ``("<caption> <question> Answer:", " <answer>")``: the image in words,
+        then the question again, so that the answer follows both (the order a reader compares them in)."""
+        answer = example.get("answer")
+        if answer is None:
+            return None
+        caption = example.get("caption")
+        if self.config.describe_first and example.get("task") == "vqa" and caption:
+            question = (example.get("instruction") or "").strip()
+            return f"{caption.strip()} {question} {ANSWER_MARKER}".replace("  ", " "), f" {answer}"
+        return "", answer
+
     def collate(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Examples ``{image, instruction|prompt, answer, experts?}`` -> a right-padded training batch."""
         if not examples:
             raise ValueError("collate needs at least one example")
-        ids, labels, positions = [], [], []
+        ids, labels, weights, positions = [], [], [], []
         pad = self.tokenizer.pad_token_id
         for i, ex in enumerate(examples):
             prompt = ex.get("prompt") or (self.format_prompt(ex["instruction"]) if ex.get("instruction") is not None
@@ -165,14 +178,15 @@ class VisionLanguageModel(nn.Module):
             if prompt is None:
                 raise ValueError(f"example {i}: needs 'instruction' or 'prompt'")
             before, after = self._prompt_parts(prompt)
-            answer = ex.get("answer")
-            ans = self._tok(answer + self.config.end_sym) if answer is not None else []
+            target = self.target(ex)
+            desc, ans = (self._tok(target[0]), self._tok(target[1] + self.config.end_sym)) if target else ([], [])
             n_prompt = len(before) + len(after)
             if n_prompt >= self.config.max_length:
                 raise ValueError(f"example {i}: prompt has {n_prompt} tokens, max_length is {self.config.max_length}")
-            ans = ans[: self.config.max_length - n_prompt]
-            ids.append(before + after + ans)
-            labels.append([-100] * n_prompt + ans)
+            taught = (desc + ans)[: self.config.max_length - n_prompt]
+            ids.append(before + after + taught)
+            labels.append([-100] * n_prompt + taught)
+            weights.append(([0.0] * n_prompt + [1.0] * len(desc) + [self.config.losses.answer] * len(ans))[: len(ids[-1])])
             positions.append(len(before))
         width = max(len(x) for x in ids)
         batch = {
@@ -182,6 +196,8 @@ class VisionLanguageModel(nn.Module):
             "labels": torch.tensor([x + [-100] * (width - len(x)) for x in labels]),
             "image_positions": torch.tensor(positions),
         }
+        if self.config.describe_first and self.config.losses.answer != 1.0:
+            batch["loss_weights"] = torch.tensor([w + [0.0] * (width - len(w)) for w in weights])
         if self.config.experts:
             batch["expert_maps"], batch["experts_present"] = collate_experts(
                 self.config.experts, [ex.get("experts") for ex in examples], self.vision.image_size)
@@ -229,7 +245,8 @@ class VisionLanguageModel(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None, image_positions: torch.Tensor | None = None,
-                expert_maps: torch.Tensor | None = None, experts_present: torch.Tensor | None = None) -> VLMOutput:
+                expert_maps: torch.Tensor | None = None, experts_present: torch.Tensor | None = None,
+                loss_weights: torch.Tensor | None = None) -> VLMOutput:
         dev = self.device
         input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
         labels = labels.to(dev) if labels is not None else None
@@ -251,6 +268,10 @@ class VisionLanguageModel(nn.Module):
                 img = self.fusion(img, self._embed(p_ids), p_mask)
             embeds, attn, full_labels = self._splice(img, self._embed(input_ids), attention_mask, labels,
                                                      image_positions)
+            if loss_weights is not None:  # the same splice: no weight on the visual tokens
+                m = img.shape[1]
+                loss_weights = torch.stack([torch.cat([w[:p], w.new_zeros(m), w[p:]]) for w, p in
+                                            zip(loss_weights.to(dev), image_positions.tolist())])
             hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
         head = self.llm.get_output_embeddings()
 
@@ -264,7 +285,11 @@ class VisionLanguageModel(nn.Module):
             keep = target != -100  # the LM head and cross-entropy on supervised positions only
             with self._autocast():
                 sup = head(hidden[:, :-1][keep])
-            losses["caption"] = F.cross_entropy(sup.float(), target[keep])
+            if loss_weights is None:
+                losses["caption"] = F.cross_entropy(sup.float(), target[keep])
+            else:
+                w = loss_weights[:, 1:][keep]
+                losses["caption"] = (F.cross_entropy(sup.float(), target[keep], reduction="none") * w).sum() / w.sum()
             w = self.config.losses
             if self.fusion is not None and (w.itc or w.itm) and len(input_ids) > 1:
                 a_ids, a_mask = self._select(input_ids, labels != -100, pad)
@@ -295,11 +320,15 @@ class VisionLanguageModel(nn.Module):
                  max_new_tokens: int | None = None, repetition_penalty: float | None = None,
                  experts: Sequence[Mapping[str, np.ndarray] | None] | None = None) -> list[str]:
         """Caption / answer each image. Greedy when ``num_beams == 1``, beam search otherwise; stops on
-        ``end_sym`` or EOS and returns the text before ``end_sym``."""
+        ``end_sym`` or EOS and returns the text before ``end_sym``. With ``describe_first`` the model gets
+        ``DESCRIPTION_TOKENS`` more new tokens and an answer comes back without its description."""
         ids = self.generate_ids(images, instructions, prompts, num_beams, max_new_tokens, repetition_penalty, experts)
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         end = self.config.end_sym
-        return [(t.split(end)[0] if end else t).strip() for t in texts]
+        texts = [(t.split(end)[0] if end else t).strip() for t in texts]
+        if self.config.describe_first:  # "<description> Answer: <answer>" -> the answer
+            texts = [t.rsplit(ANSWER_MARKER, 1)[1].strip() if ANSWER_MARKER in t else t for t in texts]
+        return texts
 
     @torch.no_grad()
     def generate_ids(self, images: Sequence[ImageLike], instructions: Sequence[str] | str | None = None,
@@ -332,7 +361,8 @@ class VisionLanguageModel(nn.Module):
             embeds = torch.stack([F.pad(s, (0, 0, width - len(s), 0)) for s in seqs])  # left padding
             attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
             gen_cfg = GenerationConfig(
-                max_new_tokens=max_new_tokens or g.max_new_tokens, num_beams=beams,
+                max_new_tokens=(max_new_tokens or g.max_new_tokens) + (DESCRIPTION_TOKENS if self.config.describe_first
+                                                                        else 0), num_beams=beams,
                 repetition_penalty=repetition_penalty or g.repetition_penalty, do_sample=False,
                 pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
                 stop_strings=[self.config.end_sym] if self.config.end_sym else None,

@@ -12,7 +12,7 @@ from vlm.train.config import TrainConfig
 from vlm.train.data import ExampleBuilder, ExampleStream, SampleStream
 from vlm.train.labels import ExpertAttacher
 
-MODEL_KEYS = ("image", "instruction", "answer", "prompt", "experts")
+MODEL_KEYS = ("image", "instruction", "answer", "prompt", "experts", "task", "caption")  # what collate reads
 
 
 class BatchDataset(torch.utils.data.IterableDataset):

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import pickle
-import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vlm import storage
+from vlm.run_context import CHECKPOINT_DIR_RE
 from vlm.train import dist
 from vlm.train.dist import DistInfo
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 LATEST = "latest"
 STATE = "state.json"
 WEIGHTS = "trainable.safetensors"
-STEP_RE = re.compile(r"^step-(\d+)$")
+STEP_RE = CHECKPOINT_DIR_RE
 TENSOR = "__tensor__"  # JSON placeholder of a tensor stored in the rank's safetensors file
 
 

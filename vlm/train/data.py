@@ -119,8 +119,9 @@ class ExampleBuilder:
             answer = rng.choice(sorted({a for _, a in pairs}))
             pairs = [p for p in pairs if p[1] == answer]
         question, answer = rng.choice(pairs)
+        caption = meta.get("caption") if isinstance(meta.get("caption"), str) else None  # for model.describe_first
         return {"image": sample["image"], "instruction": question, "answer": answer, "task": "vqa",
-                "key": sample["__key__"], **extra}
+                "caption": caption, "key": sample["__key__"], **extra}
 
 
 def _qa_pairs(meta: dict[str, Any]) -> list[tuple[str, str]]:

@@ -176,7 +176,7 @@ def train(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = ""
 def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "", init_from: str = "",
            labels_uri: str = "", *, config_uri: str = "", overrides: list[str] | tuple[str, ...] = (), nproc: int = 0,
            isolate: bool = False, env: dict[str, str] | None = None, summary_uri: str = "",
-           run_tag: str = "", run_id: str = "") -> dict[str, Any]:
+           run_tag: str = "", run_id: str = "", parent_run_id: str = "") -> dict[str, Any]:
     """Run one training stage of ``cfg`` where it belongs; its summary (:meth:`vlm.train.job.TrainResult.to_dict`).
 
     ``cluster.launcher`` ``pytorchjob`` / ``trainjob``: a cluster job (:func:`vlm.k8s.launch.run_cluster_job`)
@@ -186,8 +186,8 @@ def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "
     pipeline step isolates even one process); either way with :mod:`vlm.train.threads`' policy.
     ``config_uri`` + ``overrides`` (``--set KEY=VALUE``) must give ``cfg``; without ``config_uri`` a local launch
     writes ``cfg`` to a temporary file. ``env``: extra environment of the launched processes. ``run_id``: the
-    MLflow run to log into (the pipeline step's); without it this process finds or opens one (:func:`with_run`)
-    and hands it to the launched processes. Raises
+    MLflow run to log into; without it this process finds or opens one (:func:`with_run`: the run of the
+    checkpoints, else a new child of ``parent_run_id``) and hands it to the launched processes. Raises
     :class:`LaunchError` when torchrun fails, :class:`vlm.k8s.lifecycle.ClusterJobError` when the job does.
     """
     from vlm.train.job import TrainJob
@@ -201,8 +201,8 @@ def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "
         threads.apply()
         from vlm.train.trainer import run
 
-        return run(with_run(job, cfg, run_id)).to_dict()
-    job = with_run(job, cfg, run_id)
+        return run(with_run(job, cfg, run_id, parent_run_id)).to_dict()
+    job = with_run(job, cfg, run_id, parent_run_id)
     args = ["--stage", stage, "--run-id", job.run_id]
     for flag, value in (("--data", data_uri), ("--output", output_uri), ("--init-from", init_from),
                         ("--labels", labels_uri)):
