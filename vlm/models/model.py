@@ -163,7 +163,7 @@ class VisionLanguageModel(nn.Module):
         caption = example.get("caption")
         if self.config.describe_first and example.get("task") == "vqa" and caption:
             question = (example.get("instruction") or "").strip()
-            return f"{caption.strip()} {question} {ANSWER_MARKER}".replace("  ", " "), f" {answer}"
+            return " ".join(p for p in (caption.strip(), question, ANSWER_MARKER) if p), f" {answer}"
         return "", answer
 
     def collate(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -186,7 +186,7 @@ class VisionLanguageModel(nn.Module):
             taught = (desc + ans)[: self.config.max_length - n_prompt]
             ids.append(before + after + taught)
             labels.append([-100] * n_prompt + taught)
-            weights.append(([0.0] * n_prompt + [1.0] * len(desc) + [self.config.losses.answer] * len(ans))[: len(ids[-1])])
+            weights.append(([1.0] * len(desc) + [self.config.losses.answer] * len(ans))[: len(taught)])
             positions.append(len(before))
         width = max(len(x) for x in ids)
         batch = {
@@ -197,7 +197,8 @@ class VisionLanguageModel(nn.Module):
             "image_positions": torch.tensor(positions),
         }
         if self.config.describe_first and self.config.losses.answer != 1.0:
-            batch["loss_weights"] = torch.tensor([w + [0.0] * (width - len(w)) for w in weights])
+            batch["loss_weights"] = torch.tensor([[0.0] * (len(x) - len(w)) + w + [0.0] * (width - len(x))
+                                                  for x, w in zip(ids, weights)])
         if self.config.experts:
             batch["expert_maps"], batch["experts_present"] = collate_experts(
                 self.config.experts, [ex.get("experts") for ex in examples], self.vision.image_size)
@@ -268,10 +269,6 @@ class VisionLanguageModel(nn.Module):
                 img = self.fusion(img, self._embed(p_ids), p_mask)
             embeds, attn, full_labels = self._splice(img, self._embed(input_ids), attention_mask, labels,
                                                      image_positions)
-            if loss_weights is not None:  # the same splice: no weight on the visual tokens
-                m = img.shape[1]
-                loss_weights = torch.stack([torch.cat([w[:p], w.new_zeros(m), w[p:]]) for w, p in
-                                            zip(loss_weights.to(dev), image_positions.tolist())])
             hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
         head = self.llm.get_output_embeddings()
 
@@ -288,7 +285,7 @@ class VisionLanguageModel(nn.Module):
             if loss_weights is None:
                 losses["caption"] = F.cross_entropy(sup.float(), target[keep])
             else:
-                w = loss_weights[:, 1:][keep]
+                w = loss_weights.to(dev)[labels != -100]  # the supervised tokens in the same order as target[keep]
                 losses["caption"] = (F.cross_entropy(sup.float(), target[keep], reduction="none") * w).sum() / w.sum()
             w = self.config.losses
             if self.fusion is not None and (w.itc or w.itm) and len(input_ids) > 1:

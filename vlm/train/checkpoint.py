@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 LATEST = "latest"
 STATE = "state.json"
 WEIGHTS = "trainable.safetensors"
-STEP_RE = CHECKPOINT_DIR_RE
 TENSOR = "__tensor__"  # JSON placeholder of a tensor stored in the rank's safetensors file
 
 
@@ -141,13 +140,13 @@ class CheckpointManager:
     def _candidates(self) -> list[str]:
         """Tags to try, newest first: the one ``latest`` names, then the older ones that hold a record."""
         parts = [_rel(u, self.uri).split("/") for u in storage.list_uris(self.uri)]
-        present = {int(m.group(1)) for p in parts if (m := STEP_RE.match(p[0]))}
-        recorded = {int(m.group(1)) for p in parts if (m := STEP_RE.match(p[0])) and p[1:] == [STATE]}
+        present = {int(m.group(1)) for p in parts if (m := CHECKPOINT_DIR_RE.match(p[0]))}
+        recorded = {int(m.group(1)) for p in parts if (m := CHECKPOINT_DIR_RE.match(p[0])) and p[1:] == [STATE]}
         named = None
         pointer = storage.join(self.uri, LATEST)
         if storage.exists(pointer):
             text = storage.read_text(pointer).strip()
-            m = STEP_RE.match(text)
+            m = CHECKPOINT_DIR_RE.match(text)
             named = int(m.group(1)) if m and int(m.group(1)) in present else None
             if named is None:
                 log.warning("%s names %r, which is not there; ignoring it", pointer, text)
@@ -222,7 +221,7 @@ class CheckpointManager:
 
     def _prune(self, step: int) -> None:
         steps = sorted({int(m.group(1)) for u in storage.list_uris(self.uri)
-                        if (m := STEP_RE.match(_rel(u, self.uri).split("/")[0]))})
+                        if (m := CHECKPOINT_DIR_RE.match(_rel(u, self.uri).split("/")[0]))})
         done = [s for s in steps if s <= step]
         for old in done[: max(0, len(done) - self.keep)]:
             storage.delete(storage.join(self.uri, tag_for(old)), recursive=True)
