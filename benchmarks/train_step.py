@@ -8,8 +8,9 @@
 
 The reference loop calls the model directly (fp32, torch AdamW, no strategy, no clipping/scheduler/autocast).
 The engine runs the same pre-collated batches through ``vlm.train`` strategies (``none`` and, with
-``--realistic`` or ``--strategy deepspeed``, DeepSpeed ZeRO-2 in one process) with fp32 and bf16 autocast.
-``--recipe FILE`` adds the engine on that config's model section (pooled visual tokens, encoder cache), bf16.
+``--realistic`` or ``--strategy deepspeed``, DeepSpeed ZeRO-2 in one process) in fp32 and in ``--precision``
+(default ``auto``: bf16 autocast on CUDA and on CPUs with bf16 units, fp32 elsewhere, as training resolves it).
+``--recipe FILE`` adds the engine on that config's model section (pooled visual tokens, encoder cache, LoRA).
 ``--contend`` times each variant again with one CPU-bound process running beside it (``contended_*``,
 ``slowdown`` = contended / idle step time). The thread policy of ``vlm.train.threads`` (OMP_WAIT_POLICY=PASSIVE)
 applies unless ``--omp-default``.
@@ -126,6 +127,8 @@ def main() -> None:
     ap.add_argument("--recipe", default="", help="also time the engine on this pipeline config's model section")
     ap.add_argument("--contend", action="store_true", help="time each variant again beside a CPU busy loop")
     ap.add_argument("--omp-default", action="store_true", help="leave OpenMP's wait policy at its default")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="the engine's precision besides fp32 (auto: as training resolves it on this device)")
     args = ap.parse_args()
 
     from vlm.logs import setup_logging
@@ -134,6 +137,7 @@ def main() -> None:
     from vlm.train.dist import DistInfo
     from vlm.train.batches import count_tokens, to_device
     from vlm.train.metrics import flops_per_token
+    from vlm.train.precision import resolve
     from vlm.train.trainer import model_factory
     from vlm.train.strategies import get_strategy
 
@@ -157,7 +161,8 @@ def main() -> None:
     header = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
               "vision": mcfg.vision.type, "llm": mcfg.llm.type, "adapter": mcfg.adapter.type, **counts,
-              "batch_size": args.batch_size, "text_tokens_per_batch": tokens}
+              "batch_size": args.batch_size, "text_tokens_per_batch": tokens,
+              "precision": f"{args.precision} -> {resolve(args.precision, device)}"}
     print(json.dumps(header), flush=True)
     init = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
 
@@ -174,12 +179,15 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    precision = resolve(args.precision, device)
     variants = [("reference fp32", None, None, model)]
     if not args.realistic:
         variants += [("engine none fp32", "none", "fp32", model)]
-    variants += [("engine none bf16", "none", "bf16", model)]
+    if precision != "fp32":
+        variants += [(f"engine none {precision}", "none", precision, model)]
     if args.strategy or args.realistic:
-        variants += [(f"engine {args.strategy or 'deepspeed'} zero2 bf16", args.strategy or "deepspeed", "bf16", model)]
+        name = args.strategy or "deepspeed"
+        variants += [(f"engine {name} zero2 {precision}", name, precision, model)]
     if args.recipe:
         import yaml
 
@@ -187,7 +195,7 @@ def main() -> None:
                                            **model_kw})
         torch.manual_seed(0)
         recipe_model = build(rcfg).to(device)
-        variants += [(f"engine none bf16 {Path(args.recipe).stem}", "none", "bf16", recipe_model)]
+        variants += [(f"engine none {precision} {Path(args.recipe).stem}", "none", precision, recipe_model)]
     results: dict[str, float] = {}
     for name, strategy, precision, net in variants:
         if net is model:

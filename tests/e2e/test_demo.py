@@ -1,4 +1,4 @@
-"""`make demo`'s configuration end to end (default models, ~17 minutes on 2 cores): `make test-slow`."""
+"""`make demo`'s configuration end to end (default models, ~14 minutes on 2 cores): `make test-slow`."""
 
 from __future__ import annotations
 
@@ -28,4 +28,4 @@ def test_quickstart_pipeline(tmp_path, monkeypatch):
     curated = json.loads((run_dir / "align" / "curated" / "summary.json").read_text())
     assert curated["kept"] >= 1
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    assert metrics["vqa_accuracy"] > 0
+    assert metrics["vqa_accuracy"] >= 0.5, metrics  # held-out scenes; 0.79 measured (2026-12-04)

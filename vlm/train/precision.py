@@ -1,11 +1,12 @@
 """The precision a training process computes in: ``auto`` is bf16 autocast only where the chip multiplies bf16 fast.
 
 CUDA GPUs with bf16 support and CPUs with AVX512-BF16 or AMX have bf16 matrix units; there bf16 autocast halves
-activation memory and speeds GEMMs up. A CPU without them (AVX2 only, such as the 2-core AMD EPYC machines this project
-is developed on) has no fast bf16 GEMM in oneDNN/MKL: measured there with torch 2.13, one frozen
-576->1536 linear on 16x80 tokens takes 1.44 s forward+backward under bf16 autocast and 0.046 s in fp32 (31x),
-SmolLM2's 49k-word LM head on 32 rows 2.43 s against 0.09 s. So ``auto`` (the default) is fp32 on such a CPU;
-an explicit ``bf16`` is honoured there with a warning that says so.
+activation memory and speeds GEMMs up. A CPU without them (AVX2 only, such as the 2-core AMD EPYC machines this
+project is developed on) has no fast bf16 GEMM in oneDNN/MKL: measured there with torch 2.13
+(``benchmarks/precision.py``), one frozen 576->1536 linear on 16x80 tokens takes 1.44 s forward+backward
+under bf16 autocast and 0.046 s in fp32 (31x), SmolLM2's 49k-word LM head on 32 rows 2.43 s against 0.09 s.
+So ``auto`` (the default) is fp32 on such a CPU; an explicit ``bf16`` is honoured there with a warning that
+says so.
 """
 
 from __future__ import annotations
