@@ -158,11 +158,12 @@ def main() -> None:
                for i in range(n_batches)]
     tokens = count_tokens(batches[0])
     fpt = flops_per_token(counts)
+    precision = resolve(args.precision, device)
     header = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
               "vision": mcfg.vision.type, "llm": mcfg.llm.type, "adapter": mcfg.adapter.type, **counts,
               "batch_size": args.batch_size, "text_tokens_per_batch": tokens,
-              "precision": f"{args.precision} -> {resolve(args.precision, device)}"}
+              "precision": f"{args.precision} -> {precision}"}
     print(json.dumps(header), flush=True)
     init = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
 
@@ -179,15 +180,14 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    precision = resolve(args.precision, device)
     variants = [("reference fp32", None, None, model)]
     if not args.realistic:
         variants += [("engine none fp32", "none", "fp32", model)]
     if precision != "fp32":
         variants += [(f"engine none {precision}", "none", precision, model)]
     if args.strategy or args.realistic:
-        name = args.strategy or "deepspeed"
-        variants += [(f"engine {name} zero2 {precision}", name, precision, model)]
+        extra = args.strategy or "deepspeed"
+        variants += [(f"engine {extra} zero2 {precision}", extra, precision, model)]
     if args.recipe:
         import yaml
 
@@ -197,7 +197,7 @@ def main() -> None:
         recipe_model = build(rcfg).to(device)
         variants += [(f"engine none {precision} {Path(args.recipe).stem}", "none", precision, recipe_model)]
     results: dict[str, float] = {}
-    for name, strategy, precision, net in variants:
+    for name, strategy, variant_precision, net in variants:
         if net is model:
             reset()
         if strategy is None:
@@ -207,7 +207,7 @@ def main() -> None:
                 os.environ.setdefault("RANK", "0"), os.environ.setdefault("WORLD_SIZE", "1")
                 os.environ.setdefault("LOCAL_RANK", "0"), os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
                 os.environ.setdefault("MASTER_PORT", "29517")
-            tcfg = TrainConfig(strategy=strategy, precision=precision, batch_size=args.batch_size, lr=1e-4,
+            tcfg = TrainConfig(strategy=strategy, precision=variant_precision, batch_size=args.batch_size, lr=1e-4,
                                steps=args.steps + args.warmup, zero_stage=2)
             strat = get_strategy(tcfg, DistInfo(0, 1, 0, device))
             strat.setup(net)

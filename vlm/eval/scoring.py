@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vlm.progress import Progress
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ def generate(model, images: Sequence[Any], instructions: Sequence[str], *, batch
     """``model.generate`` over batches, with a progress bar."""
     out: list[str] = []
     pairs = list(zip(images, instructions))
-    with tqdm(total=len(pairs), desc=desc, unit="img", leave=False) as bar:
+    with Progress(total=len(pairs), desc=desc, unit="img") as bar:
         for chunk in batched(pairs, batch_size):
             ims, ins = zip(*chunk)
             out.extend(model.generate(list(ims), instructions=list(ins), num_beams=num_beams,
