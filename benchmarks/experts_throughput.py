@@ -152,9 +152,9 @@ def main() -> None:
     t = time.perf_counter()
     summary = run_experts(str(tmp / "data"), str(tmp / "labels"), offline, cfg)
     whole = time.perf_counter() - t
-    results["whole_offline_set"] = {"img_per_s": summary["images"] / whole, "seconds": whole,
+    results["whole_offline_set"] = {"img_per_s": summary.images / whole, "seconds": whole,
                                     "x_decode": whole / decode_s}
-    print(f"whole offline set ({', '.join(offline)}) end to end: {summary['images'] / whole:.2f} img/s = "
+    print(f"whole offline set ({', '.join(offline)}) end to end: {summary.images / whole:.2f} img/s = "
           f"{whole / decode_s:.0f}x the time of decoding alone")
     if args.models:
         per_img = sum(v["ms_per_img"] for v in results["experts"].values()) / 1000 + decode_s / len(decoded)

@@ -81,7 +81,7 @@ def merge_rate(out: Path, records: int) -> float:
 
     m = shard_dataset("builtin:shapes", str(out), ShardConfig(builtin_size=records, builtin_image_size=224,
                                                               samples_per_shard=1000))
-    return m["num_samples"] / m["merge_s"]
+    return m.num_samples / m.merge_s
 
 
 def sharded(table: Path, out: Path, workers: int, max_side: int, quality: int, per_shard: int,
@@ -94,9 +94,9 @@ def sharded(table: Path, out: Path, workers: int, max_side: int, quality: int, p
     t0 = time.perf_counter()
     m = shard_dataset(str(table), str(out), cfg)
     elapsed = time.perf_counter() - t0
-    assert m["num_samples"] == m["num_input_records"], m["rejected"]
-    assert m["partitions"] == partitions, m["partitions"]
-    return m["num_input_records"] / elapsed
+    assert m.num_samples == m.num_input_records, m.rejected
+    assert m.partitions == partitions, m.partitions
+    return m.num_input_records / elapsed
 
 
 def _cpu() -> float:

@@ -130,12 +130,12 @@ def shard(config_uri: str, data_uri: str, parent_run_id: str = "") -> dict[str, 
     cfg, run_ctx = _stage(config_uri, "shard", parent_run_id)
     with run_ctx as run:
         manifest = merge_partitions(cfg.data.input, data_uri, cfg.data)
-        run.log_params({"input": cfg.data.input, "output": data_uri, "partitions": manifest.get("partitions", 1)})
-        run.log_metrics({"num_samples": manifest["num_samples"],
-                         **{f"rejected.{k}": v for k, v in manifest.get("rejected", {}).items()}})
-        run.log_dict(manifest, "manifest.json")
-    return {"data_uri": data_uri, "num_samples": manifest["num_samples"], "num_shards": len(manifest["shards"]),
-            "rejected": manifest.get("rejected", {}), "run_id": run.run_id}
+        run.log_params({"input": cfg.data.input, "output": data_uri, "partitions": manifest.to_dict().get("partitions", 1)})
+        run.log_metrics({"num_samples": manifest.num_samples,
+                         **{f"rejected.{k}": v for k, v in manifest.rejected.items()}})
+        run.log_dict(manifest.to_dict(), "manifest.json")
+    return {"data_uri": data_uri, "num_samples": manifest.num_samples, "num_shards": len(manifest.shards),
+            "rejected": manifest.rejected, "run_id": run.run_id}
 
 
 @events.stage("experts", end=False)
@@ -159,7 +159,7 @@ def experts(config_uri: str, data_uri: str, labels_uri: str, shards: list[str] |
 
     cfg, run_ctx = _stage(config_uri, "experts", parent_run_id)
     with run_ctx as run:
-        summary = run_experts(data_uri, labels_uri, cfg.experts.experts, cfg.experts, shards=shards)
+        summary = run_experts(data_uri, labels_uri, cfg.experts.experts, cfg.experts, shards=shards).to_dict()
         run.log_params({"experts": cfg.experts.experts, "shards": len(shards or []) or "all"})
         run.log_dict(summary, "experts_summary.json")
     return {**summary, "run_id": run.run_id}
@@ -203,11 +203,10 @@ def train(config_uri: str, stage: str, data_uri: str, output_uri: str, init_from
     from vlm.train.launch import launch
 
     labels_uri = labels_uri if cfg.model.experts else ""
-    summary = launch(cfg, stage, data_uri, output_uri, init_from, labels_uri, config_uri=config_uri, isolate=True,
-                     run_tag=run_tag, parent_run_id=parent_run_id,
-                     summary_uri=storage.join(output_uri.rstrip("/") + "-summary.json"))
-    summary.setdefault("output", summary.get("model_uri") or output_uri)
-    return summary
+    result = launch(cfg, stage, data_uri, output_uri, init_from, labels_uri, config_uri=config_uri, isolate=True,
+                    run_tag=run_tag, parent_run_id=parent_run_id,
+                    summary_uri=storage.join(output_uri.rstrip("/") + "-summary.json"))
+    return {**result.to_dict(), "output": result.model_uri or output_uri}
 
 
 def _train_summary(out: dict[str, Any]) -> str:
@@ -239,12 +238,11 @@ def curate(config_uri: str, model_uri: str, data_uri: str, curated_uri: str, par
         log.info("align.enabled=false: no curation, no fine-tuning")
         return {"kept": 0, "skipped": True}
     with run_ctx as run:
-        summary = {**generate_and_curate(model_uri, data_uri, curated_uri, cfg.align, run_id=run.run_id or None),
-                   "run_id": run.run_id}
-        kept = int(summary.get("kept", 0))
-        if kept < cfg.align.min_kept:
-            reasons = ", ".join(f"{k}={v}" for k, v in (summary.get("rejected_by_reason") or {}).items()) or "none"
-            msg = (f"only {kept} of {summary.get('sampled', '?')} descriptions survived curation (align.min_kept="
+        result = generate_and_curate(model_uri, data_uri, curated_uri, cfg.align, run_id=run.run_id or None)
+        summary = {**result.to_dict(), "run_id": run.run_id}
+        if result.kept < cfg.align.min_kept:
+            reasons = ", ".join(f"{k}={v}" for k, v in result.rejected_by_reason.items()) or "none"
+            msg = (f"only {result.kept} of {result.sampled} descriptions survived curation (align.min_kept="
                    f"{cfg.align.min_kept}; rejected by reason: {reasons}); see {storage.join(curated_uri, 'curated.json')}")
             if cfg.align.on_too_few == "fail":
                 raise RuntimeError(msg + ". Train stage one longer, or set align.on_too_few: skip")
@@ -273,10 +271,10 @@ def evaluate(config_uri: str, model_uri: str, data_uri: str, output_uri: str, tr
     ecfg = cfg.eval.model_copy(update={"compare_to": cfg.eval.compare_to or cfg.registered_model_name()})
     if train_run_id:
         return run_eval(model_uri, data_uri, ecfg, run_id=train_run_id, output=output_uri,
-                        experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri)
+                        experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri).to_dict()
     with run_context.RunContext.of(cfg, parent_run_id).open("evaluate") as run:
         return run_eval(model_uri, data_uri, ecfg, run_id=run.run_id, output=output_uri,
-                        experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri)
+                        experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri).to_dict()
 
 
 @events.stage("register", run_arg="train_run_id", summary=lambda out: (
@@ -288,14 +286,15 @@ def register(config_uri: str, model_uri: str, metrics: dict[str, float], data_ur
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from vlm.registry.mlflow_registry import evaluate_gate, lineage_tags, metrics_from_tags, register_model
+    from vlm.registry.mlflow_registry import (Registration, evaluate_gate, lineage_tags, metrics_from_tags,
+                                              register_model)
 
     cfg = load_config(config_uri)
     tracking.configure(cfg.tracking.uri)
     name = cfg.registered_model_name()
     if not cfg.registry.enabled:
         log.info("registry.enabled=false: the model is not registered")
-        return {"name": name, "version": "", "gate_passed": False, "reasons": ["registry disabled"], "comparison": {}}
+        return Registration(name=name, version="", gate_passed=False, reasons=["registry disabled"]).to_dict()
     tags = lineage_tags(model_uri, data_uri=data_uri or None, labels_uri=labels_uri or None,
                         training_run_id=train_run_id or None, config_uri=config_uri)
     if parent_run_id:
@@ -308,8 +307,8 @@ def register(config_uri: str, model_uri: str, metrics: dict[str, float], data_ur
         champion = None
     passed, reasons, comparison = evaluate_gate(metrics, champion, cfg.registry.gate)
     log.info("registered %s v%s; gate %s: %s", name, version, "passes" if passed else "fails", "; ".join(reasons))
-    out = {"name": name, "version": str(version), "gate_passed": bool(passed), "reasons": reasons,
-           "comparison": comparison}
+    out = Registration(name=name, version=str(version), gate_passed=bool(passed), reasons=reasons,
+                       comparison=comparison).to_dict()
     storage.write_text(_registration_uri(config_uri), json.dumps(out, indent=2, default=str))
     return out
 
@@ -324,14 +323,14 @@ def _registration_uri(config_uri: str) -> str:
     "is now champion" if out["promoted"] else f"not promoted ({'; '.join(out.get('reasons') or [])})"))
 def promote(config_uri: str, name: str = "", version: str = "") -> dict[str, Any]:
     """Promote ``name``/``version`` (default: what this run registered) when the gate passes."""
-    from vlm.registry.mlflow_registry import promote_if_better
+    from vlm.registry.mlflow_registry import Registration, promote_if_better
 
     if not (name and version):
-        registered = json.loads(storage.read_text(_registration_uri(config_uri)))
-        name, version = registered["name"], registered["version"]
+        registered = Registration(**json.loads(storage.read_text(_registration_uri(config_uri))))
+        name, version = registered.name, registered.version
     cfg = load_config(config_uri)
     tracking.configure(cfg.tracking.uri)
-    return promote_if_better(name, version, cfg.registry.gate, tracking_uri=cfg.tracking.uri)
+    return promote_if_better(name, version, cfg.registry.gate, tracking_uri=cfg.tracking.uri).to_dict()
 
 
 def finish(config_yaml: str, run_tag: str, state: str, error: str = "", parent_run_id: str = "") -> str:

@@ -42,14 +42,14 @@ def test_unusable_images_are_rejected_records(stage_one, clean, tmp_path, caplog
     caplog.set_level(logging.WARNING)
     out = tmp_path / "curated"
     summary = generate_and_curate(stage_one, data, str(out), AlignConfig(**ALIGN), experiment="bad-input")
-    assert summary["sampled"] == 6 and summary["unusable_inputs"] == unusable
-    assert summary["rejected_by_reason"][reason] == unusable
+    assert summary.sampled == 6 and summary.unusable_inputs == unusable
+    assert summary.rejected_by_reason[reason] == unusable
     listing = json.loads((out / "curated.json").read_text())
     bad = [r for r in listing if r["input_error"]]
     assert len(bad) == unusable and all(r["reasons"] == [reason] and not r["kept"] for r in bad)
     assert all(r["source_shard"].endswith(shard) for r in bad) and (not key or bad[0]["key"] == key)
     assert fmt.read_manifest(str(out)).rejected[reason] == unusable
-    assert MlflowClient().get_run(summary["run_id"]).data.metrics[f"rejected.{reason}"] == unusable
+    assert MlflowClient().get_run(summary.run_id).data.metrics[f"rejected.{reason}"] == unusable
     assert _warned(caplog, shard, reason if damage == "sha_mismatch" else "undecodable")
     kept = {s["__key__"] for s in fmt.iter_samples(str(out), rank=0, world_size=1, worker=0, num_workers=1)}
     assert not kept & {r["key"] for r in bad}
@@ -59,7 +59,7 @@ def test_truncated_shard_is_left_out_of_the_draw(stage_one, clean, tmp_path, cap
     data, shard, _ = damaged(clean, tmp_path / "data", "truncated")
     caplog.set_level(logging.WARNING)
     summary = generate_and_curate(stage_one, data, str(tmp_path / "curated"), AlignConfig(**ALIGN))
-    assert summary["shards_rejected"] == {"corrupt_shard": 1} and summary["sampled"] == 2  # train-000001's two
+    assert summary.shards_rejected == {"corrupt_shard": 1} and summary.sampled == 2  # train-000001's two
     assert fmt.read_manifest(str(tmp_path / "curated")).shards_rejected == {"corrupt_shard": 1}
     assert _warned(caplog, shard, "corrupt_shard")
 
@@ -69,7 +69,7 @@ def test_cli_stops_naming_a_shard_damaged_after_generation(stage_one, clean, tmp
     config.write_text("align: " + json.dumps(ALIGN) + "\n")
     out = tmp_path / "curated"
     first = generate_and_curate(stage_one, clean, str(out), load_config(config).align)
-    assert first["kept"] == 4
+    assert first.kept == 4
     manifest = fmt.read_manifest(clean)
     manifest.shards[0].sha256 = "0" * 64  # the generations are reused; writing the kept images checks the shard
     fmt.write_manifest(clean, manifest)

@@ -68,7 +68,8 @@ def test_finetune_from_stage_one(stage_one, shards, tmp_path, monkeypatch):
     before, after = load_file(Path(stage_one, "adapter.safetensors")), load_file(Path(out, "adapter.safetensors"))
     assert before.keys() == after.keys()
     assert any(not before[k].equal(after[k]) for k in before), "fine-tuning did not change the adapter"
-    assert json.loads(json.dumps(summary, default=str))  # JSON-able
+    assert summary.model_uri == out and summary.stage == "finetune"
+    assert json.loads(json.dumps(summary.to_dict(), default=str))["model_uri"] == out  # JSON-able
 
 
 def test_curated_samples_keep_their_qa_for_replay(stage_one, shards, tmp_path):

@@ -14,6 +14,7 @@ from vlm import storage
 from vlm.align import generate_and_curate
 from vlm.align.config import AlignConfig
 from vlm.align.samples import read_samples, select_keys
+from vlm.align.stage import CurateResult
 from vlm.data import format as fmt
 
 EXPECTED = {  # colour -> final text after cleaning (see tests/align/tinylm.py for the raw generations)
@@ -51,13 +52,17 @@ def test_curate_end_to_end(stage_one, shards, tmp_path):
     green = next(r for r in listing if by_key[r["key"]] == "green")
     assert [c["reason"] for c in green["changes"]] == ["word_loop", "cut_off"]
 
-    assert summary["sampled"] == 6 and summary["kept"] == 4 and summary["rejected"] == 2
-    assert summary["rejected_by_reason"] == {"too_short": 2}
-    assert summary["changes_by_reason"] == {"cut_off": 2, "repeated_sentence": 2, "word_loop": 2}
-    assert summary["continued"] == 2
-    assert summary["repetition_raw"] > summary["repetition_final"] == 0.0
-    assert summary["cut_off_raw"] == pytest.approx(2 / 6, abs=1e-3) and summary["cut_off_final"] == 0.0
+    assert summary.sampled == 6 and summary.kept == 4 and summary.rejected == 2
+    assert summary.rejected_by_reason == {"too_short": 2}
+    assert summary.changes_by_reason == {"cut_off": 2, "repeated_sentence": 2, "word_loop": 2}
+    assert summary.continued == 2
+    assert summary.repetition_raw > summary.repetition_final == 0.0
+    assert summary.cut_off_raw == pytest.approx(2 / 6, abs=1e-3) and summary.cut_off_final == 0.0
     assert json.loads(Path(out, "summary.json").read_text())["kept"] == 4
+    assert isinstance(summary, CurateResult) and summary.output_uri == out
+    as_json = json.loads(json.dumps(summary.to_dict()))
+    assert CurateResult(**as_json) == summary and "run_id" not in as_json  # nothing tracked
+    assert as_json["kept"] == 4 and as_json["sampled"] == 6 and as_json["rejected_by_reason"] == {"too_short": 2}
 
     manifest = fmt.read_manifest(out)
     assert manifest.kind == "curated" and manifest.rejected == {"too_short": 2}
@@ -76,16 +81,16 @@ def test_curate_end_to_end(stage_one, shards, tmp_path):
 def test_resume_skips_finished_batches_and_refilters(stage_one, shards, tmp_path):
     out = str(tmp_path / "curated")
     first = generate_and_curate(stage_one, shards, out, cfg())
-    assert first["generated"] == 2 and first["skipped"] == 0
+    assert first.generated == 2 and first.resumed_batches == 0
     again = generate_and_curate(stage_one, shards, out, cfg(min_words=3))  # filters only: same fingerprint
-    assert again["fingerprint"] == first["fingerprint"]
-    assert again["generated"] == 0 and again["skipped"] == 2
-    assert again["kept"] == 6 and again["rejected_by_reason"] == {}
+    assert again.fingerprint == first.fingerprint
+    assert again.generated == 0 and again.resumed_batches == 2
+    assert again.kept == 6 and again.rejected_by_reason == {}
     # a half-finished run (one batch file lost) regenerates only that batch
     chunks = sorted(u for u in storage.list_uris(out) if u.endswith(".jsonl"))
     Path(chunks[-1]).unlink()
     third = generate_and_curate(stage_one, shards, out, cfg())
-    assert third["generated"] == 1 and third["skipped"] == 1 and third["kept"] == first["kept"]
+    assert third.generated == 1 and third.resumed_batches == 1 and third.kept == first.kept
 
 
 def test_ranks_split_the_work(stage_one, shards, tmp_path):
@@ -93,7 +98,7 @@ def test_ranks_split_the_work(stage_one, shards, tmp_path):
     out = str(tmp_path / "curated")
     code = ("import json, sys; from vlm.align import generate_and_curate; from vlm.align.config import AlignConfig; "
             "print(json.dumps(generate_and_curate(sys.argv[1], sys.argv[2], sys.argv[3], "
-            "AlignConfig.model_validate_json(sys.argv[4]))))")
+            "AlignConfig.model_validate_json(sys.argv[4])).to_dict()))")
     env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     worker = subprocess.Popen([sys.executable, "-c", code, stage_one, shards, out, cfg(batch_size=2).model_dump_json()],
                               env=env, stdout=subprocess.PIPE, text=True)
@@ -101,8 +106,8 @@ def test_ranks_split_the_work(stage_one, shards, tmp_path):
     stdout, _ = worker.communicate(timeout=120)
     assert worker.returncode == 0
     rank1 = json.loads(stdout.strip().splitlines()[-1])
-    assert rank1["rank"] == 1 and rank1["generated"] == 2  # 3 images in batches of 2
-    assert rank0["generated"] == 2 and rank0["sampled"] == 6
+    assert rank1 == {"rank": 1, "batches": 2, "generated": 2, "resumed_batches": 0}  # 3 images in batches of 2
+    assert rank0.generated == 2 and rank0.sampled == 6
     chunks = [u.rsplit("/", 1)[-1] for u in storage.list_uris(out) if u.endswith(".jsonl")]
     assert sorted(c[:18] for c in chunks) == ["rank00000-of-00002"] * 2 + ["rank00001-of-00002"] * 2
     keys = [json.loads(line)["key"] for u in storage.list_uris(out) if u.endswith(".jsonl")
@@ -135,10 +140,10 @@ def test_rewrite_refuses_a_drifting_rewriter(stage_one, shards, tmp_path):
     summary = generate_and_curate(stage_one, shards, str(tmp_path / "out"),
                                   cfg(num_images=2, rewrite=True, rewrite_model="tiny", rewrite_max_new_tokens=16,
                                       min_words=3))
-    assert summary["rewritten"] == 0
-    assert sum(summary["rewrite_refused"].values()) == 2
-    assert set(summary["rewrite_refused"]) <= {"rewrite_empty", "rewrite_drifted", "rewrite_explains"}
-    assert summary["kept"] == 2
+    assert summary.rewritten == 0
+    assert sum(summary.rewrite_refused.values()) == 2
+    assert set(summary.rewrite_refused) <= {"rewrite_empty", "rewrite_drifted", "rewrite_explains"}
+    assert summary.kept == 2
 
 
 def test_s3_and_mlflow(stage_one, shards, s3_prefix, mlflow_uri):
@@ -149,9 +154,10 @@ def test_s3_and_mlflow(stage_one, shards, s3_prefix, mlflow_uri):
     out = f"{s3_prefix}/curated"
     summary = generate_and_curate(stage_one, data, out, cfg(num_images=3), experiment="align-test")
     assert storage.exists(f"{out}/train-000000.tar") and storage.exists(f"{out}/curated.json")
-    run = MlflowClient().get_run(summary["run_id"])
+    assert summary.to_dict()["run_id"] == summary.run_id
+    run = MlflowClient().get_run(summary.run_id)
     assert run.data.tags["vlm.stage"] == "align"
-    assert run.data.metrics["kept"] == summary["kept"] and run.data.metrics["sampled"] == 3
+    assert run.data.metrics["kept"] == summary.kept and run.data.metrics["sampled"] == 3
     assert run.data.params["align.num_images"] == "3"
-    arts = {a.path for a in MlflowClient().list_artifacts(summary["run_id"], "align")}
+    arts = {a.path for a in MlflowClient().list_artifacts(summary.run_id, "align")}
     assert {"align/summary.json", "align/curated.json"} <= arts

@@ -43,24 +43,24 @@ def _cfg(**kw) -> ShardConfig:
                        **kw)
 
 
-def _stable(manifest: dict) -> dict:
-    return {k: v for k, v in manifest.items() if k not in VOLATILE}
+def _stable(manifest: fmt.Manifest) -> dict:
+    return {k: v for k, v in manifest.to_dict().items() if k not in VOLATILE}
 
 
 @pytest.fixture(scope="module")
-def one(table, tmp_path_factory) -> dict:
+def one(table, tmp_path_factory) -> fmt.Manifest:
     out = str(tmp_path_factory.mktemp("one") / "ds")
     return shard_dataset(table, out, _cfg())
 
 
 def test_three_partitions_give_the_same_dataset_as_one(table, one, tmp_path):
     three = shard_dataset(table, str(tmp_path / "three"), _cfg(partitions=3, workers=2))
-    assert one["partitions"] == 1 and three["partitions"] == 3
-    assert three["shards"] == one["shards"]  # same names, counts, sizes and sha256: byte-identical shards
+    assert one.partitions == 1 and three.partitions == 3
+    assert three.shards == one.shards  # same names, counts, sizes and sha256: byte-identical shards
     assert _stable(three) == _stable(one)    # same totals, rejections (and examples), merged captions
-    assert one["num_input_records"] == 40 and one["num_samples"] == 30
-    assert one["rejected"]["duplicate"] == 6 and one["captions_merged"] == 5  # the second repeat of 3 adds none
-    assert {k: v for k, v in one["rejected"].items() if v} == {"duplicate": 6, "missing_file": 1, "bad_caption": 1,
+    assert one.num_input_records == 40 and one.num_samples == 30
+    assert one.rejected["duplicate"] == 6 and one.captions_merged == 5  # the second repeat of 3 adds none
+    assert {k: v for k, v in one.rejected.items() if v} == {"duplicate": 6, "missing_file": 1, "bad_caption": 1,
                                                                "empty_caption": 1, "unsafe_path": 1}
     # first occurrence in input order wins and gains the later captions and QA
     metas = {s["meta"]["ref"]: s["meta"] for s in fmt.iter_samples(str(tmp_path / "three"), "all", rank=0,
@@ -70,7 +70,7 @@ def test_three_partitions_give_the_same_dataset_as_one(table, one, tmp_path):
     assert first["qa"] == [{"question": "which?", "answers": ["3"]}, {"question": "again?", "answers": ["yes"]}]
     lines = {int(ref.split(":")[1]) for ref in metas}  # refs are rows.jsonl:<line>:<image>
     assert lines == set(range(1, 31))  # the 30 first occurrences, never a later repeat
-    dup = [int(e["ref"].split(":")[1]) for e in one["rejected_examples"]["duplicate"]]
+    dup = [int(e["ref"].split(":")[1]) for e in one.rejected_examples["duplicate"]]
     assert dup == [31, 32, 33, 34, 35]  # examples in input order (5 kept per reason)
     assert not (tmp_path / "three" / "_parts").exists()
 
@@ -87,12 +87,12 @@ def test_partition_steps_in_any_order_then_merge(table, one, tmp_path):
         summary = shard_partition(table, out, cfg, index)
         assert summary["chunks"] == len(range(*plan["partitions"][index], 4)) and summary["resumed_chunks"] == 0
     merged = merge_partitions(table, out, cfg)
-    assert merged["shards"] == one["shards"] and _stable(merged) == _stable(one)
+    assert merged.shards == one.shards and _stable(merged) == _stable(one)
     # re-running every step on the complete dataset does nothing and changes nothing
     again = plan_partitions(table, out, cfg)
     assert again["complete"] and again["partitions"] == []
     assert shard_partition(table, out, cfg, 0)["chunks"] == 0
-    assert merge_partitions(table, out, cfg)["resumed_shards"] == len(one["shards"])
+    assert merge_partitions(table, out, cfg).resumed_shards == len(one.shards)
     # small inputs stay one partition
     assert len(plan_partitions(table, str(tmp_path / "small"), cfg.model_copy(update={"min_partition_records": 30}))
                ["partitions"]) == 1
@@ -127,7 +127,7 @@ def test_a_killed_partition_resumes_at_its_first_unfinished_chunk(table, one, tm
     summary = shard_partition(table, out, cfg, 2)
     assert summary["chunks"] == 4 and summary["resumed_chunks"] == 2 and summary["records"] == 8
     merged = merge_partitions(table, out, cfg)
-    assert merged["shards"] == one["shards"] and _stable(merged) == _stable(one)
+    assert merged.shards == one.shards and _stable(merged) == _stable(one)
 
 
 def test_a_plan_for_another_config_is_refused(table, tmp_path):

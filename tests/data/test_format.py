@@ -61,8 +61,8 @@ def _dataset(root, samples, per_shard: int = 4) -> str:
 def test_every_sample_exactly_once_across_2_ranks_x_2_workers(shapes_dataset, monkeypatch):
     uri, manifest = shapes_dataset
     expected = _keys(uri, "train")
-    assert len(expected) == manifest["splits"]["train"]["num_samples"] > 0
-    assert manifest["splits"]["train"]["num_shards"] >= 4  # more shards than consumers: whole-shard split
+    assert len(expected) == manifest.splits["train"].num_samples > 0
+    assert manifest.splits["train"].num_shards >= 4  # more shards than consumers: whole-shard split
     per_rank = _loader_keys(uri, "train", monkeypatch, shuffle_buffer=5)
     assert collections.Counter(k for keys in per_rank for k in keys) == collections.Counter(expected)
     assert all(per_rank)
@@ -126,7 +126,7 @@ def test_unknown_split_and_missing_manifest_are_clear(shapes_dataset, tmp_path):
     uri, manifest = shapes_dataset
     with pytest.raises(fmt.FormatError, match="available: test, train, val"):
         next(fmt.iter_samples(uri, "dev"))
-    assert fmt.read_manifest(uri + "/manifest.json").num_samples == manifest["num_samples"]
+    assert fmt.read_manifest(uri + "/manifest.json").num_samples == manifest.num_samples
     with pytest.raises(FileNotFoundError, match="no manifest"):
         fmt.read_manifest(str(tmp_path))
     (tmp_path / "manifest.json").write_text("{not json")
@@ -302,6 +302,6 @@ def test_scan_tar_groups_members_and_reports_unsafe_ones_per_sample(tmp_path):
 def test_every_shard_of_a_sharded_dataset_verifies(shapes_dataset):
     uri, manifest = shapes_dataset
     refs = fmt.find_shards(uri)
-    assert sum(r.num_samples for r in refs) == manifest["num_samples"] == 60
+    assert sum(r.num_samples for r in refs) == manifest.num_samples == 60
     for ref in refs:
         assert ref.size and ref.sha256 and len(list(fmt.iter_shard(ref, verify=True))) == ref.num_samples

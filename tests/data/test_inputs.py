@@ -51,8 +51,8 @@ def test_url_list_with_every_failure_mode(server, tmp_path):
     cfg = ShardConfig(image_column="url", caption_column="text", download=DOWNLOAD, workers=2, samples_per_shard=5)
     m = shard_dataset(str(tmp_path / "laion.parquet"), str(tmp_path / "out"), cfg)
 
-    assert m["num_input_records"] == 14 and m["num_samples"] == 4
-    assert {k: v for k, v in m["rejected"].items() if v} == {
+    assert m.num_input_records == 14 and m.num_samples == 4
+    assert {k: v for k, v in m.rejected.items() if v} == {
         "http_error": 2, "timeout": 2, "download_failed": 2, "too_large": 2, "undecodable": 1, "duplicate": 1}
     kept = _captions(str(tmp_path / "out"))
     assert set(kept) == {"good zero", "good one", "fails once then works", "busy once then works"}
@@ -62,7 +62,7 @@ def test_url_list_with_every_failure_mode(server, tmp_path):
     assert server.hits["/missing"] == 1 and server.hits["/error"] == 3 and server.hits["/truncated"] == 3
     assert server.hits["/big"] == 1  # too large is final
     ex = {reason: {e["ref"].rsplit("/", 1)[-1]: e["detail"] for e in items}
-          for reason, items in m["rejected_examples"].items()}
+          for reason, items in m.rejected_examples.items()}
     assert "HTTP 404" in ex["http_error"]["missing"] and "HTTP 500" in ex["http_error"]["error"]
     assert "after 3 attempts" in ex["http_error"]["error"]
     assert set(ex["timeout"]) == {"stall", "slow"} and "total_timeout" in ex["timeout"]["slow"]
@@ -70,12 +70,12 @@ def test_url_list_with_every_failure_mode(server, tmp_path):
     assert "Content-Length" in ex["too_large"]["big"] and "max_bytes" in ex["too_large"]["big-undeclared"]
     assert set(ex["undecodable"]) == {"html"}
     assert all(e["ref"].startswith("laion.parquet:") and "http://127.0.0.1:" in e["ref"]
-               for items in m["rejected_examples"].values() for e in items)  # example URLs in the manifest
+               for items in m.rejected_examples.values() for e in items)  # example URLs in the manifest
 
     # resumable like the rest: a re-run of the complete dataset downloads nothing
     before = sum(server.hits.values())
     again = shard_dataset(str(tmp_path / "laion.parquet"), str(tmp_path / "out"), cfg)
-    assert again["resumed_shards"] == len(m["shards"]) and sum(server.hits.values()) == before
+    assert again.resumed_shards == len(m.shards) and sum(server.hits.values()) == before
 
 
 def test_url_list_jsonl_and_csv(server, tmp_path):
@@ -84,7 +84,7 @@ def test_url_list_jsonl_and_csv(server, tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "sbu.csv", index=False)
     for name in ("cc.jsonl", "sbu.csv"):
         m = shard_dataset(str(tmp_path / name), str(tmp_path / f"out-{name}"), ShardConfig(download=DOWNLOAD))
-        assert m["num_samples"] == 3 and m["rejected_total"] == 0, m["rejected"]
+        assert m.num_samples == 3 and m.rejected_total == 0, m.rejected
         assert set(_captions(str(tmp_path / f"out-{name}"))) == {f"web picture {i}" for i in range(3)}
 
 
@@ -115,11 +115,11 @@ def test_parquet_with_embedded_image_structs_read_by_row_group(tmp_path, monkeyp
     m = merge_partitions(str(tmp_path / "hf.parquet"), out, cfg)
     assert not whole, "the file was read whole"
     assert sorted(read) == [0, 1, 1, 2, 3]  # partition 0 = rows 0-3 (groups 0, 1), partition 1 = rows 4-9 (1, 2, 3)
-    assert m["num_samples"] == 8 and m["rejected"]["missing_file"] == 1 and m["rejected"]["undecodable"] == 1
+    assert m.num_samples == 8 and m.rejected["missing_file"] == 1 and m.rejected["undecodable"] == 1
     kept = _captions(out)
     assert kept["embedded picture 3"]["meta"]["label"] == 3 and "image" not in kept["embedded picture 3"]["meta"]
     assert kept["embedded picture 3"]["image"].size == (40, 30)
-    assert any(":x.png" in e["ref"] for e in m["rejected_examples"]["undecodable"])
+    assert any(":x.png" in e["ref"] for e in m.rejected_examples["undecodable"])
 
 
 def test_raw_binary_column_and_arrow_ipc_give_the_same_samples(tmp_path):
@@ -134,7 +134,7 @@ def test_raw_binary_column_and_arrow_ipc_give_the_same_samples(tmp_path):
     a = shard_dataset(str(tmp_path / "raw.parquet"), str(tmp_path / "a"), ShardConfig(image_column="jpg",
                                                                                       caption_column="text"))
     b = shard_dataset(str(tmp_path / "data.arrow"), str(tmp_path / "b"), ShardConfig(caption_column="text"))
-    assert a["num_samples"] == b["num_samples"] == 5 and a["rejected_total"] == b["rejected_total"] == 0
+    assert a.num_samples == b.num_samples == 5 and a.rejected_total == b.rejected_total == 0
     keys = lambda uri: {s["__key__"] for s in fmt.iter_samples(uri, "all", rank=0, world_size=1, worker=0,  # noqa: E731
                                                               num_workers=1)}
     assert keys(str(tmp_path / "a")) == keys(str(tmp_path / "b"))  # keys are content hashes of the same bytes

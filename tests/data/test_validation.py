@@ -73,12 +73,12 @@ def test_every_rejection_reason_is_counted(messy, tmp_path):
     m = shard_dataset(str(messy), str(tmp_path / "out"), cfg)
     expected = {"undecodable": 2, "too_small": 1, "too_large": 2, "duplicate": 1, "empty_caption": 2,
                 "bad_caption": 5, "missing_file": 1, "unsafe_path": 3, "bad_record": 1}
-    assert {k: v for k, v in m["rejected"].items() if v} == expected
-    assert REQUIRED <= set(m["rejected"]) and set(m["rejected"]) == set(REASONS)
-    assert m["num_samples"] == 4 and m["num_input_records"] == 22
-    assert m["rejected_total"] == sum(expected.values())
-    assert m["captions_truncated"] == 1 and m["captions_merged"] == 1
-    ex = m["rejected_examples"]
+    assert {k: v for k, v in m.rejected.items() if v} == expected
+    assert REQUIRED <= set(m.rejected) and set(m.rejected) == set(REASONS)
+    assert m.num_samples == 4 and m.num_input_records == 22
+    assert m.rejected_total == sum(expected.values())
+    assert m.captions_truncated == 1 and m.captions_merged == 1
+    ex = m.rejected_examples
     assert any("truncated.jpg" in e["ref"] for e in ex["undecodable"])
     assert any("garbage.jpg" in e["ref"] for e in ex["undecodable"])
     assert "outside.jpg" in ex["unsafe_path"][0]["ref"] and "escapes" in ex["unsafe_path"][0]["detail"]
@@ -96,8 +96,8 @@ def test_every_rejection_reason_is_counted(messy, tmp_path):
 def test_long_captions_reject_mode(messy, tmp_path):
     cfg = ShardConfig(max_caption_chars=60, long_captions="reject")
     m = shard_dataset(str(messy), str(tmp_path / "out"), cfg)
-    assert m["rejected"]["caption_too_long"] == 1 and m["captions_truncated"] == 0
-    assert "good2.jpg" in m["rejected_examples"]["caption_too_long"][0]["ref"]
+    assert m.rejected["caption_too_long"] == 1 and m.captions_truncated == 0
+    assert "good2.jpg" in m.rejected_examples["caption_too_long"][0]["ref"]
 
 
 def test_near_duplicates(tmp_path):
@@ -111,9 +111,9 @@ def test_near_duplicates(tmp_path):
     for stem in "abcd":
         (root / f"{stem}.txt").write_text(f"picture {stem}")
     off = shard_dataset(str(root), str(tmp_path / "off"), ShardConfig())
-    assert off["num_samples"] == 4 and off["rejected"]["duplicate"] == 0
+    assert off.num_samples == 4 and off.rejected["duplicate"] == 0
     on = shard_dataset(str(root), str(tmp_path / "on"), ShardConfig(near_duplicates=True))
-    assert on["rejected"]["near_duplicate"] == 2 and on["num_samples"] == 2
+    assert on.rejected["near_duplicate"] == 2 and on.num_samples == 2
     assert {s["meta"]["caption"] for s in _samples(str(tmp_path / "on"))} == {"picture a", "picture d"}
 
 
@@ -134,9 +134,9 @@ def test_folder_source_with_bad_sidecars_and_symlinks(tmp_path):
     os.symlink(tmp_path / "secret.jpg", root / "link.jpg")                 # escapes the root
     (root / "link.txt").write_text("linked")
     m = shard_dataset(str(root), str(tmp_path / "out"), ShardConfig())
-    assert m["source"] == "folder" and m["num_samples"] == 3
-    assert {k: v for k, v in m["rejected"].items() if v} == {"missing_file": 1, "bad_caption": 1, "unsafe_path": 1}
-    assert "invalid UTF-8" in m["rejected_examples"]["bad_caption"][0]["detail"]
+    assert m.source == "folder" and m.num_samples == 3
+    assert {k: v for k, v in m.rejected.items() if v} == {"missing_file": 1, "bad_caption": 1, "unsafe_path": 1}
+    assert "invalid UTF-8" in m.rejected_examples["bad_caption"][0]["detail"]
     metas = {s["meta"]["caption"]: s["meta"] for s in _samples(str(tmp_path / "out"))}
     assert set(metas) == {"first photo", "second photo", "caption from json"}
     assert metas["second photo"]["qa"] == [{"question": "q", "answers": ["a"]}]
@@ -166,11 +166,11 @@ def test_tar_members_that_escape_are_rejected(tmp_path):
         _add(tf, "half.jpg", encode(noise_image(7)))                        # one safe member, one link
         _add(tf, "half.txt", kind=tarfile.SYMTYPE, link="/etc/hostname")
     m = shard_dataset(str(tar.parent), str(tmp_path / "out"), ShardConfig())
-    assert m["source"] == "webdataset" and m["num_samples"] == 2
+    assert m.source == "webdataset" and m.num_samples == 2
     # counted per sample, not per member: ../both (2 members) and half (1 of 2) are one rejection each
-    assert m["rejected"]["unsafe_path"] == 6 and m["rejected"]["empty_caption"] == 1
-    assert m["num_input_records"] == 9 and m["num_samples"] + m["rejected_total"] == 9
-    examples = {e["ref"]: e["detail"] for e in m["rejected_examples"]["unsafe_path"]}
+    assert m.rejected["unsafe_path"] == 6 and m.rejected["empty_caption"] == 1
+    assert m.num_input_records == 9 and m.num_samples + m.rejected_total == 9
+    examples = {e["ref"]: e["detail"] for e in m.rejected_examples["unsafe_path"]}
     assert len(examples) == 5  # the manifest keeps 5 examples per reason, one per sample
     assert "part-0.tar:../evil" in examples and "part-0.tar:/abs/evil" in examples and "part-0.tar:link" in examples
     assert examples["part-0.tar:../both"].count("../both.") == 2  # both members named in the one example
@@ -188,9 +188,9 @@ def test_truncated_input_tar_keeps_its_complete_samples(tmp_path):
     m = shard_dataset(str(tar.parent), str(tmp_path / "out"), ShardConfig())
     kept = sorted(s["meta"]["caption"] for s in _samples(str(tmp_path / "out")))
     assert kept and kept == [f"sample number {i}" for i in range(len(kept))] and len(kept) < 4
-    lost = m["rejected"]["undecodable"] + m["rejected"]["bad_record"] + m["rejected"]["empty_caption"]
-    assert lost >= 1 and m["num_samples"] + m["rejected_total"] == m["num_input_records"]
-    assert any("part-0.tar" in e["ref"] for exs in m["rejected_examples"].values() for e in exs)
+    lost = m.rejected["undecodable"] + m.rejected["bad_record"] + m.rejected["empty_caption"]
+    assert lost >= 1 and m.num_samples + m.rejected_total == m.num_input_records
+    assert any("part-0.tar" in e["ref"] for exs in m.rejected_examples.values() for e in exs)
 
 
 def test_transform_orients_converts_and_resizes(tmp_path):

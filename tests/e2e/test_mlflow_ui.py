@@ -55,9 +55,9 @@ def demo_store(tmp_path_factory):
         trained = train(load_config(config_uri), "pretrain", run["data"], run["pretrain"])
         mp.delenv(tracking.PARENT_ENV)
         evaluation = steps.evaluate(config_uri, run["pretrain"], run["data"], run["eval"],
-                                    train_run_id=trained["run_id"])
+                                    train_run_id=trained.run_id)
         registered = steps.register(config_uri, run["pretrain"], evaluation["metrics"], data_uri=run["data"],
-                                    train_run_id=trained["run_id"], parent_run_id=parent)
+                                    train_run_id=trained.run_id, parent_run_id=parent)
         steps.promote(config_uri)
         steps.finish(config_yaml, "ui-check", "SUCCEEDED", parent_run_id=parent)
         cfg = load_config(config_uri)
@@ -69,7 +69,7 @@ def demo_store(tmp_path_factory):
 
         mlflow.set_tracking_uri(None)
     return {"dir": work, "tracking_uri": cfg.tracking.uri, "experiment": experiment, "parent_run_id": parent,
-            "train_run_id": trained["run_id"], "model": registered["name"], "version": registered["version"]}
+            "train_run_id": trained.run_id, "model": registered["name"], "version": registered["version"]}
 
 
 def test_the_platform_marks_its_experiment_as_model_training(demo_store):

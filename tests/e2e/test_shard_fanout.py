@@ -36,6 +36,6 @@ def test_three_partitions_through_kfp_match_one_partition(tmp_path, monkeypatch)
     manifest = json.loads(Path(run["data"], "manifest.json").read_text())
     assert manifest["partitions"] == 3 and manifest["num_samples"] == 24
     one = shard_dataset("builtin:shapes", str(tmp_path / "one"), ShardConfig(**{**data, "partitions": 1}))
-    assert one["partitions"] == 1 and manifest["shards"] == one["shards"]
+    assert one.partitions == 1 and manifest["shards"] == one.to_dict()["shards"]
     assert not Path(run["data"], "_parts").exists()
     # (a re-run on the complete dataset, one no-op partition step, is covered by test_pipeline_local's second run)

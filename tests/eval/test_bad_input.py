@@ -35,19 +35,19 @@ def test_damage_is_skipped_counted_and_named(tiny_model_uri, tiny_model, shapes_
     summary = evaluate(tiny_model_uri, data, EvalConfig(tasks=["caption"], **FAST), output=str(tmp_path / "out"),
                        model=tiny_model, tracking_uri=tracking, experiment="bad-input")
     reason = REASON[damage]
-    assert summary["rejected"][reason] == 1
+    assert summary.rejected[reason] == 1
     in_shard = fmt.read_manifest(data).shards_of("test")[0].num_samples
     total = fmt.read_manifest(data).splits["test"].num_samples
     if damage == "corrupt_image":
-        assert summary["n_samples"] == total - 1 and summary["damaged_shards"] == {}
+        assert summary.n_samples == total - 1 and summary.damaged_shards == {}
         assert any(shard in r.getMessage() and key in r.getMessage() and "undecodable" in r.getMessage()
                    for r in caplog.records if r.levelno == logging.WARNING)
     else:
-        assert summary["n_samples"] == total - in_shard  # none of the damaged shard's samples is scored
-        assert [u.rsplit("/", 1)[-1] for u in summary["damaged_shards"]] == [shard]
+        assert summary.n_samples == total - in_shard  # none of the damaged shard's samples is scored
+        assert [u.rsplit("/", 1)[-1] for u in summary.damaged_shards] == [shard]
         assert any(shard in r.getMessage() and reason in r.getMessage()
                    for r in caplog.records if r.levelno == logging.WARNING)
-    metrics = MlflowClient(tracking).get_run(summary["run_id"]).data.metrics
+    metrics = MlflowClient(tracking).get_run(summary.run_id).data.metrics
     assert metrics[f"eval_data/rejected_{reason}"] == 1
 
 

@@ -20,7 +20,7 @@ def test_default_model_evaluates_on_shapes(shapes_shards, tmp_path):
     cfg = EvalConfig(tasks=["caption", "vqa"], max_samples=2, max_questions=2, max_new_tokens=8, vqa_max_new_tokens=4,
                      meteor=False)
     summary = evaluate("default", shapes_shards, cfg, model=model, track=False, output=str(tmp_path / "out"))
-    assert summary["n"] == {"caption": 2, "vqa": 2}
+    assert summary.n == {"caption": 2, "vqa": 2}
     # SmolLM2 assigns a finite, better-than-uniform likelihood to real captions even with an untrained adapter
-    assert 1 < summary["metrics"]["caption_perplexity"] < model.tokenizer.vocab_size
-    assert all(math.isfinite(v) for v in summary["metrics"].values())
+    assert 1 < summary.metrics["caption_perplexity"] < model.tokenizer.vocab_size
+    assert all(math.isfinite(v) for v in summary.metrics.values())

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from vlm.eval.config import EvalConfig
 from vlm.eval.metrics import caption_metrics
-from vlm.eval.runner import evaluate
+from vlm.eval.runner import EvalResult, evaluate
 
 FAST = dict(num_beams=2, max_new_tokens=6, vqa_max_new_tokens=3, batch_size=8, meteor=False, tokenizer="simple",
             report_examples=3)
@@ -23,14 +23,14 @@ def test_shards_all_tasks_results_and_report(tiny_model_uri, tiny_model, shapes_
                      **FAST)
     out = tmp_path / "eval"
     summary = evaluate(tiny_model_uri, shapes_shards, cfg, output=str(out), track=False, model=tiny_model)
-    assert summary["format"] == "shards" and summary["n_samples"] == 6
-    m = summary["metrics"]
+    assert summary.format == "shards" and summary.n_samples == 6
+    m = summary.metrics
     for key in ("bleu4", "cider", "rouge_l", "caption_perplexity", "vqa_accuracy", "retrieval_i2t_r1",
                 "retrieval_t2i_r1", "retrieval_mean_recall"):
         assert key in m and math.isfinite(m[key]), key
     assert m["caption_perplexity"] > 1  # an untrained model is far from certain
     results = json.loads((out / "results.json").read_text())
-    assert len(results["caption"]) == 6 and summary["n"]["caption"] == 6
+    assert len(results["caption"]) == 6 and summary.n["caption"] == 6
     # the corpus metrics are exactly those of the per-sample predictions written out
     again = caption_metrics({r["key"]: r["references"] for r in results["caption"]},
                             {r["key"]: r["prediction"] for r in results["caption"]}, tokenizer="simple", meteor=False)
@@ -52,7 +52,10 @@ def test_shards_all_tasks_results_and_report(tiny_model_uri, tiny_model, shapes_
     assert "| cider |" in md and "plots/caption_metrics.png" in md and "examples/000.jpg" in md
     assert (out / "plots" / "cider_hist.png").stat().st_size > 1000 and (out / "examples" / "000.jpg").exists()
     assert "data:image/png;base64," in html and "data:image/jpeg;base64," in html and s0["key"] in html
-    assert json.loads((out / "summary.json").read_text())["metrics"] == m
+    assert isinstance(summary, EvalResult) and summary.run_id is None  # not tracked
+    assert summary.output == str(out) and summary.report == str(out / "report.html")
+    assert json.loads((out / "summary.json").read_text()) == summary.to_dict()  # the JSON summary, as written
+    assert summary.to_dict()["metrics"] == m and summary.to_dict()["by_question_type"] == summary.by_question_type
 
 
 def test_perplexity_uses_the_models_own_loss(tiny_model, shapes_shards):
@@ -84,23 +87,23 @@ def test_coco_and_vqa_json_from_s3_logged_to_mlflow(mlflow_uri, s3_prefix, tiny_
     cfg = EvalConfig(tasks=["caption", "vqa"], **FAST)
     cap = evaluate(tiny_model_uri, storage.join(s3_prefix, "coco", "captions_val2014.json"), cfg, output=out,
                    model=tiny_model)
-    assert cap["format"] == "coco-captions" and cap["n"] == {"caption": 4}
-    assert cap["rejected"] == {"missing_image": 1, "undecodable": 1}
-    assert cap["skipped_tasks"] == ["vqa"]
+    assert cap.format == "coco-captions" and cap.n == {"caption": 4}
+    assert cap.rejected == {"missing_image": 1, "undecodable": 1}
+    assert cap.skipped_tasks == ["vqa"]
     assert storage.exists(storage.join(out, "report.html")) and storage.exists(storage.join(out, "results.json"))
-    run = MlflowClient().get_run(cap["run_id"])
-    assert run.data.metrics["cider"] == pytest.approx(cap["metrics"]["cider"])
+    run = MlflowClient().get_run(cap.run_id)
+    assert run.data.metrics["cider"] == pytest.approx(cap.metrics["cider"])
     assert run.data.tags["vlm.stage"] == "evaluate"
-    logged = {f.path for f in MlflowClient().list_artifacts(cap["run_id"], "eval")}
+    logged = {f.path for f in MlflowClient().list_artifacts(cap.run_id, "eval")}
     assert {"eval/report.html", "eval/report.md", "eval/results.json"} <= logged
 
     # VQAv2: attach to an existing run (as with the training run)
     train_run = MlflowClient().create_run(MlflowClient().create_experiment(f"train-{Path(s3_prefix).name}")).info.run_id
     vqa = evaluate(tiny_model_uri, storage.join(s3_prefix, "vqa", "v2_OpenEnded_mscoco_val2014_questions.json"),
                    EvalConfig(tasks=["vqa"], **FAST), run_id=train_run, model=tiny_model)
-    assert vqa["format"] == "vqav2" and vqa["n"] == {"vqa": 8} and vqa["run_id"] == train_run
-    assert {"vqa_accuracy", "vqa_accuracy_yes_no", "vqa_accuracy_other"} <= set(vqa["metrics"])
-    assert MlflowClient().get_run(train_run).data.metrics["vqa_accuracy"] == pytest.approx(vqa["metrics"]["vqa_accuracy"])
+    assert vqa.format == "vqav2" and vqa.n == {"vqa": 8} and vqa.run_id == train_run
+    assert {"vqa_accuracy", "vqa_accuracy_yes_no", "vqa_accuracy_other"} <= set(vqa.metrics)
+    assert MlflowClient().get_run(train_run).data.metrics["vqa_accuracy"] == pytest.approx(vqa.metrics["vqa_accuracy"])
 
 
 def test_evaluate_stage_simple_arguments(mlflow_uri, tiny_model_uri, coco_dir, tmp_path):
@@ -145,10 +148,10 @@ def test_vqa_scoring_against_known_answers(vqa_dir, tmp_path):
     good = evaluate("oracle", q, cfg, model=Oracle("exact"), track=False, output=str(tmp_path / "a"))
     loose = evaluate("oracle", q, cfg, model=Oracle(True), track=False, output=str(tmp_path / "c"))
     bad = evaluate("oracle", q, cfg, model=Oracle(False), track=False, output=str(tmp_path / "b"))
-    assert good["metrics"]["vqa_accuracy"] == pytest.approx(1.0)
-    assert loose["metrics"]["vqa_accuracy_other"] == pytest.approx(1.0)
-    assert loose["metrics"]["vqa_accuracy_yes_no"] == 0.0 and loose["metrics"]["vqa_exact_match"] == 1.0
-    assert bad["metrics"]["vqa_accuracy"] == 0.0
+    assert good.metrics["vqa_accuracy"] == pytest.approx(1.0)
+    assert loose.metrics["vqa_accuracy_other"] == pytest.approx(1.0)
+    assert loose.metrics["vqa_accuracy_yes_no"] == 0.0 and loose.metrics["vqa_exact_match"] == 1.0
+    assert bad.metrics["vqa_accuracy"] == 0.0
 
 
 def test_bad_inputs_fail_clearly(tiny_model, tiny_model_uri, coco_dir, tmp_path):
@@ -206,14 +209,15 @@ def test_report_baselines_from_train_split_and_change_vs_champion(mlflow_uri, sp
     version = register_model(tiny_model_uri, model_name, {"vqa_accuracy": 0.25}, {})
     promote(model_name, version, force=True)
     summary = evaluate("knows", split_shards, cfg, model=Knows(), output=str(tmp_path / "out"))
-    assert summary["metrics"]["vqa_accuracy"] == 1.0
-    assert summary["champion"] == {"name": model_name, "version": version, "metrics": {"vqa_accuracy": 0.25}}
+    assert summary.metrics["vqa_accuracy"] == 1.0
+    assert summary.champion.to_dict() == {"name": model_name, "version": version, "metrics": {"vqa_accuracy": 0.25}}
+    assert summary.to_dict()["champion"] == summary.champion.to_dict()  # summary.json and the report get a dict
 
     # the majority baseline, recomputed from the train split: the most common first answer, scored by exact match
     majority = Counter(qa["answers"][0] for s in train for qa in s.qa).most_common(1)[0][0]
     questions = [qa for s in test for qa in s.qa]
     want = sum(majority in qa["answers"] for qa in questions) / len(questions)
-    base = summary["baselines"]["vqa"]
+    base = summary.baselines["vqa"]
     assert base["majority"]["answer"] == majority and base["majority"]["vqa_accuracy"] == pytest.approx(want)
     assert 0 < base["text_only"]["vqa_accuracy"] < 1 and base["n_train_questions"] == sum(len(s.qa) for s in train)
 
@@ -223,10 +227,10 @@ def test_report_baselines_from_train_split_and_change_vs_champion(mlflow_uri, sp
     assert cells == ["vqa_accuracy", "1", f'{base["majority"]["vqa_accuracy"]:.4g} majority answer "{majority}"; '
                      f'{base["text_only"]["vqa_accuracy"]:.4g} text-only lookup', "+0.75 (better)"]
     assert f"vs champion ({model_name} v{version})" in md
-    types = summary["by_question_type"]
+    types = summary.by_question_type
     assert set(types) == {"color", "count", "position", "shape", "yes/no"}
     assert sum(t["n"] for t in types.values()) == len(questions) and all(t["accuracy"] == 1 for t in types.values())
     from mlflow import MlflowClient
 
-    logged = {f.path for f in MlflowClient().list_artifacts(summary["run_id"], "eval")}
+    logged = {f.path for f in MlflowClient().list_artifacts(summary.run_id, "eval")}
     assert {"eval/report.html", "eval/report.md", "eval/examples"} <= logged

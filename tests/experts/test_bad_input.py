@@ -41,7 +41,7 @@ def test_damage_keeps_label_shards_aligned(clean, tmp_path: Path, caplog, damage
     caplog.set_level(logging.WARNING)
     summary = run_experts(data, str(labels), ["edges"], CFG)
     reason = REASON[damage]
-    assert summary["rejected"] == {reason: 1}
+    assert summary.rejected == {reason: 1}
     index = json.loads((labels / "labels.json").read_text())["experts"]["edges"]
     n_shards = len(fmt.find_shards(data))
     if damage == "corrupt_image":
@@ -50,10 +50,10 @@ def test_damage_keeps_label_shards_aligned(clean, tmp_path: Path, caplog, damage
         assert sorted(got) == sorted(k for k in keys if k != key)  # the bad image's key has no label
         marker = json.loads(Path(marker_uri(str(labels), "edges", shard)).read_text())
         assert [f["key"] for f in marker["failures"]] == [key] and marker["failed"] == 1
-        assert index["complete"] and summary["shards_rejected"] == {}
+        assert index["complete"] and summary.shards_rejected == {}
         assert _warned(caplog, shard, key, "undecodable")
         return
-    assert list(summary["shards_rejected"]) == [shard] and shard in summary["shards_rejected"][shard]
+    assert list(summary.shards_rejected) == [shard] and shard in summary.shards_rejected[shard]
     assert not (labels / "edges" / shard).exists() and not Path(marker_uri(str(labels), "edges", shard)).exists()
     assert not index["complete"] and index["shards_done"] == n_shards - 1
     assert _warned(caplog, shard, reason, "no labels")
@@ -61,7 +61,7 @@ def test_damage_keeps_label_shards_aligned(clean, tmp_path: Path, caplog, damage
     shutil.copy(os.path.join(clean, shard), os.path.join(data, shard))
     shutil.copy(os.path.join(clean, fmt.MANIFEST), os.path.join(data, fmt.MANIFEST))
     again = run_experts(data, str(labels), ["edges"], CFG)
-    assert again["shards_computed"] == 1 and again["rejected"] == {} and again["complete"] == {"edges": True}
+    assert again.shards_computed == 1 and again.rejected == {} and again.complete == {"edges": True}
 
 
 def test_cli_reports_a_refused_shard_without_a_traceback(clean, tmp_path: Path):
@@ -84,6 +84,6 @@ def test_shard_found_truncated_while_labelling_leaves_no_partial_label_shard(cle
     fmt.write_manifest(data, manifest)
     caplog.set_level(logging.WARNING)
     summary = run_experts(data, str(tmp_path / "labels"), ["edges"], CFG.model_copy(update={"batch_size": 1}))
-    assert summary["rejected"] == {"corrupt_shard": 1} and list(summary["shards_rejected"]) == [shard]
+    assert summary.rejected == {"corrupt_shard": 1} and list(summary.shards_rejected) == [shard]
     assert not (tmp_path / "labels" / "edges" / shard).exists()  # the batches before the damage are discarded
     assert _warned(caplog, shard, "truncated or corrupt after", "no labels")

@@ -66,8 +66,8 @@ def test_interop_with_the_data_stage_writer_and_reader(tmp_path: Path):
     manifest = shard_dataset("builtin:shapes", str(data), ShardConfig(builtin_size=24, samples_per_shard=8, max_side=64))
     labels = tmp_path / "labels"
     s = run_experts(str(data), str(labels), ["edges", "segmentation"], ExpertsConfig(resolution=64))
-    total = sum(sh["num_samples"] for sh in manifest["shards"])
-    assert s["images"] == total and s["labelled"]["edges"] == total
+    total = sum(sh.num_samples for sh in manifest.shards)
+    assert s.images == total and s.labelled["edges"] == total
     stream = list(fmt.iter_samples(str(data), split="train", shuffle_buffer=4, seed=1, rank=0, world_size=1,
                                    worker=0, num_workers=1))
     store = ExpertLabels(str(labels), ["edges", "segmentation"])

@@ -28,8 +28,8 @@ def test_depth_normals_detection_and_hf_segmentation(dataset: Path, tmp_path: Pa
                                                 "segmentation": str(checkpoints["segformer"])})
     labels = tmp_path / "labels"
     s = run_experts(str(dataset), str(labels), ["normals", "detection", "segmentation", "depth"], cfg)
-    assert s["experts"][0] == "depth" and s["experts"].index("normals") > 0 and s["experts"].index("detection") > 0
-    assert s["labelled"] == {"depth": 8, "normals": 8, "detection": 8, "segmentation": 8}
+    assert s.experts[0] == "depth" and s.experts.index("normals") > 0 and s.experts.index("detection") > 0
+    assert s.labelled == {"depth": 8, "normals": 8, "detection": 8, "segmentation": 8}
     for shard in sorted(dataset.glob("*.tar")):
         depth = read_label_shard(str(labels / "depth" / shard.name), "depth")
         normals = read_label_shard(str(labels / "normals" / shard.name), "normals")
@@ -60,7 +60,7 @@ def test_normals_later_from_depth_on_disk_and_dpt(dataset: Path, tmp_path: Path,
     cfg = ExpertsConfig(sources={"depth": str(checkpoints["dpt"])})
     run_experts(str(dataset), str(labels), ["depth"], cfg)
     s = run_experts(str(dataset), str(labels), ["normals"], cfg)
-    assert s["labelled"] == {"normals": 8}
+    assert s.labelled == {"normals": 8}
     d = read_label_shard(str(labels / "depth" / "train-000001.tar"), "depth")
     n = read_label_shard(str(labels / "normals" / "train-000001.tar"), "normals")
     from vlm.experts.zoo.normals import normals_from_depth

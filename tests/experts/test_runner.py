@@ -11,7 +11,7 @@ import pytest
 from tests.experts.conftest import key_of, noise_image, standard_samples, write_shards
 from vlm.experts import ExpertBrokenError, ExpertError, ExpertsConfig, Label, PerImageExpert, order, register
 from vlm.experts import registry as reg
-from vlm.experts.runner import run_experts, shard_groups, write_labels_index
+from vlm.experts.runner import ExpertsResult, run_experts, shard_groups, write_labels_index
 from vlm.data import format as fmt
 from vlm.experts.shards import read_label_shard
 
@@ -65,8 +65,8 @@ def test_experts():
 def test_labels_align_one_to_one_and_index_is_written(dataset: Path, tmp_path: Path):
     labels = tmp_path / "labels"
     s = run_experts(str(dataset), str(labels), ["edges", "segmentation", "detection"], CFG)
-    assert s["shards_computed"] == 3 and s["images"] == 8
-    assert s["labelled"] == {"edges": 8, "segmentation": 8, "detection": 8} and s["failed"]["edges"] == 0
+    assert s.shards_computed == 3 and s.images == 8
+    assert s.labelled == {"edges": 8, "segmentation": 8, "detection": 8} and s.failed["edges"] == 0
     for shard in sorted(dataset.glob("*.tar")):
         keys = data_keys(shard)
         for e in ("edges", "segmentation", "detection"):
@@ -91,6 +91,15 @@ def test_labels_align_one_to_one_and_index_is_written(dataset: Path, tmp_path: P
     assert index["experts"]["segmentation"]["kind"] == "instance"
 
 
+def test_the_result_is_typed_and_to_dict_is_the_json_summary(dataset: Path, tmp_path: Path):
+    s = run_experts(str(dataset), str(tmp_path / "labels"), ["edges"], CFG)
+    assert isinstance(s, ExpertsResult)
+    summary = json.loads(json.dumps(s.to_dict()))
+    assert ExpertsResult(**summary) == s
+    assert summary["labels_uri"] == str(tmp_path / "labels") and summary["experts"] == ["edges"]
+    assert summary["labelled"] == {"edges": 8} and summary["complete"] == {"edges": True}
+
+
 def test_resolution_shrinks_labels(dataset: Path, tmp_path: Path):
     run_experts(str(dataset), str(tmp_path / "l"), ["edges"], ExpertsConfig(resolution=64))
     for arr in read_label_shard(str(tmp_path / "l" / "edges" / "train-000000.tar"), "edges").values():
@@ -104,16 +113,16 @@ def test_resume_skips_finished_shards_and_redoes_missing_ones(dataset: Path, tmp
     assert index["experts"]["edges"]["shards_done"] == 1 and not index["experts"]["edges"]["complete"]
     first = (labels / "edges" / "train-000001.tar").stat().st_mtime_ns
     s = run_experts(str(dataset), str(labels), ["edges", "segmentation"], CFG)
-    assert s["shards_computed"] == 3 and s["expert_shards_skipped"] == 1
-    assert s["labelled"]["edges"] == 5 and s["labelled"]["segmentation"] == 8
+    assert s.shards_computed == 3 and s.expert_shards_skipped == 1
+    assert s.labelled["edges"] == 5 and s.labelled["segmentation"] == 8
     assert (labels / "edges" / "train-000001.tar").stat().st_mtime_ns == first  # never recomputed
     # an interrupted shard (tar written, no marker) is recomputed; finished ones are not
     (labels / "edges" / "train-000002.done.json").unlink()
     s = run_experts(str(dataset), str(labels), ["edges", "segmentation"], CFG)
-    assert s["shards_computed"] == 1 and s["labelled"] == {"edges": 2, "segmentation": 0}
+    assert s.shards_computed == 1 and s.labelled == {"edges": 2, "segmentation": 0}
     assert json.loads((labels / "labels.json").read_text())["experts"]["edges"]["complete"]
     s = run_experts(str(dataset), str(labels), ["edges", "segmentation"], CFG)
-    assert s["shards_computed"] == 0 and s["images"] == 0
+    assert s.shards_computed == 0 and s.images == 0
 
 
 def test_changed_settings_or_data_are_not_silently_mixed(dataset: Path, tmp_path: Path):
@@ -122,7 +131,7 @@ def test_changed_settings_or_data_are_not_silently_mixed(dataset: Path, tmp_path
     with pytest.raises(ExpertError, match="other settings"):
         run_experts(str(dataset), str(labels), ["edges"], ExpertsConfig(edges={"low": 10, "high": 50}))
     s = run_experts(str(dataset), str(labels), ["edges"], ExpertsConfig(edges={"low": 10, "high": 50}), overwrite=True)
-    assert s["shards_computed"] == 3
+    assert s.shards_computed == 3
     # re-shard different data into the same folder: sha256 differs from the markers'
     write_shards(dataset, [(key_of(a), a) for a in [noise_image(50 + i) for i in range(8)]], per_shard=3)
     with pytest.raises(ExpertError, match="changed"):
@@ -150,8 +159,8 @@ def test_one_bad_image_is_recorded_and_the_run_goes_on(tmp_path: Path, test_expe
     test_experts.bad = {samples[5][0]}
     labels = tmp_path / "labels"
     s = run_experts(str(data), str(labels), ["edges", "flaky"], ExpertsConfig(batch_size=3))
-    assert s["images"] == 7
-    assert s["labelled"] == {"edges": 6, "flaky": 5} and s["failed"] == {"edges": 1, "flaky": 2}
+    assert s.images == 7
+    assert s.labelled == {"edges": 6, "flaky": 5} and s.failed == {"edges": 1, "flaky": 2}
     index = json.loads((labels / "labels.json").read_text())
     fl = {(f["key"], f["expert"]): f["reason"] for f in index["experts"]["flaky"]["failures"]}
     assert "undecodable image" in fl[("deadbeefdeadbeef", "flaky")]
@@ -193,7 +202,7 @@ def test_fan_out_over_groups_then_index(dataset: Path, tmp_path: Path):
 def test_parallel_workers_match_serial(dataset: Path, tmp_path: Path):
     run_experts(str(dataset), str(tmp_path / "serial"), ["edges", "segmentation"], CFG)
     s = run_experts(str(dataset), str(tmp_path / "par"), ["edges", "segmentation"], CFG.model_copy(update={"workers": 2}))
-    assert s["shards_computed"] == 3 and s["labelled"]["edges"] == 8
+    assert s.shards_computed == 3 and s.labelled["edges"] == 8
     for e in ("edges", "segmentation"):
         for shard in ("train-000000.tar", "train-000002.tar"):
             a = read_label_shard(str(tmp_path / "serial" / e / shard), e)

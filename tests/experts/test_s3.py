@@ -27,9 +27,9 @@ def test_s3_in_and_out_with_resume_and_loader(dataset: Path, tmp_path: Path, s3_
 
     cfg = ExpertsConfig(sources={"depth": ckpt}, batch_size=4)
     s = run_experts(data, labels, ["edges", "depth"], cfg, shards=["train-000000.tar"])
-    assert s["labelled"] == {"edges": 3, "depth": 3}
+    assert s.labelled == {"edges": 3, "depth": 3}
     s = run_experts(data, labels, ["edges", "depth", "detection"], cfg)
-    assert s["expert_shards_skipped"] == 2 and s["labelled"] == {"edges": 5, "depth": 5, "detection": 8}
+    assert s.expert_shards_skipped == 2 and s.labelled == {"edges": 5, "depth": 5, "detection": 8}
     det = json.loads(storage.read_text(storage.join(labels, "detection", "train-000000.done.json")))
     assert det["used"] == ["depth"]  # depth for shard 0 came from S3 labels written by the first run
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vlm.registry.config import GateConfig
-from vlm.registry.mlflow_registry import RegistryError, evaluate_gate, lineage_tags, metrics_from_tags
+from vlm.registry.mlflow_registry import Registration, RegistryError, evaluate_gate, lineage_tags, metrics_from_tags
 
 
 def test_first_version_passes_on_thresholds_alone():
@@ -35,6 +35,18 @@ def test_lower_is_better_and_maximums_and_missing_metrics():
     assert not ok and "above maximum" in reasons[0]
     ok, reasons, _ = evaluate_gate({"bleu4": 0.2}, None, GateConfig(thresholds={"vqa_accuracy": 0.1}))
     assert not ok and any("vqa_accuracy missing" in r for r in reasons) and any("primary" in r for r in reasons)
+
+
+def test_a_registration_round_trips_through_its_json():
+    """The register step writes registration.json from to_dict(); the promote step reads it back."""
+    passed, reasons, comparison = evaluate_gate({"cider": 0.56}, {"cider": 0.5}, GateConfig(min_delta=0.05,
+                                                                                             primary_metric="cider"))
+    registered = Registration(name="vlm-linear", version="3", gate_passed=passed, reasons=reasons,
+                              comparison=comparison)
+    written = json.loads(json.dumps(registered.to_dict()))
+    assert written == {"name": "vlm-linear", "version": "3", "gate_passed": True, "reasons": reasons,
+                       "comparison": comparison}
+    assert Registration(**written) == registered
 
 
 def test_gate_config_rejects_unknown_keys():

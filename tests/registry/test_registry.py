@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from tests.registry.conftest import png_bytes
 from vlm.registry import GateConfig, list_versions, promote, promote_if_better, register_model
-from vlm.registry.mlflow_registry import RegistryError
+from vlm.registry.mlflow_registry import Champion, Promotion, RegistryError, champion
 
 
 def _aliases(name: str) -> dict[str, str]:
@@ -34,14 +34,18 @@ def test_register_gate_pass_fail_and_manual_promotion(mlflow_uri, tiny_artefact,
     assert tags["vlm.metric.cider"] == "0.5" and tags["vlm.training_run_id"] == "train-1"
 
     first = promote_if_better(model_name, v1, gate)
-    assert first["promoted"] and first["previous_champion"] is None
+    assert isinstance(first, Promotion) and first.promoted and first.previous_champion is None
+    decision = json.loads(json.dumps(first.to_dict()))  # what the vlm.gate.decision tag and the promote step hold
+    assert Promotion(**decision) == first and decision["champion"] == v1 and decision["mode"] == "gate"
+    assert json.loads(_tags(model_name, v1)["vlm.gate.decision"]) == decision
+    assert champion(model_name) == Champion(name=model_name, version=v1, metrics={"cider": 0.5, "bleu4": 0.2})
     assert _aliases(model_name) == {"challenger": v1, "champion": v1}
 
     # gate fail: better than nothing but not by min_delta -> champion unchanged, tags say why
     v2 = register_model(tiny_artefact, model_name, {"cider": 0.52, "bleu4": 0.3}, {})
     assert _aliases(model_name)["challenger"] == v2
     fail = promote_if_better(model_name, v2, gate)
-    assert not fail["promoted"] and fail["champion"] == v1
+    assert not fail.promoted and fail.champion == v1
     assert _aliases(model_name)["champion"] == v1
     t2 = _tags(model_name, v2)
     assert t2["vlm.gate.passed"] == "false" and "does not beat" in t2["vlm.gate.reasons"]
@@ -49,22 +53,22 @@ def test_register_gate_pass_fail_and_manual_promotion(mlflow_uri, tiny_artefact,
 
     # gate fail on a threshold even though the primary metric is much better
     v3 = register_model(tiny_artefact, model_name, {"cider": 0.9, "bleu4": 0.05}, {})
-    assert not promote_if_better(model_name, v3, gate)["promoted"]
+    assert not promote_if_better(model_name, v3, gate).promoted
     assert _aliases(model_name)["champion"] == v1
 
     # gate pass: beats the champion by more than min_delta
     v4 = register_model(tiny_artefact, model_name, {"cider": 0.60, "bleu4": 0.25}, {})
     ok = promote_if_better(model_name, v4, gate)
-    assert ok["promoted"] and ok["previous_champion"] == v1
-    assert ok["comparison"]["delta"] == pytest.approx(0.10)
+    assert ok.promoted and ok.previous_champion == v1
+    assert ok.comparison["delta"] == pytest.approx(0.10)
     assert _aliases(model_name)["champion"] == v4
     assert _tags(model_name, v4)["vlm.gate.passed"] == "true"
     assert _tags(model_name, v1)["vlm.gate.replaced_by"] == v4
 
     # by hand: through the gate it fails, with --force it moves
-    assert not promote(model_name, v2, gate)["promoted"] and _aliases(model_name)["champion"] == v4
+    assert not promote(model_name, v2, gate).promoted and _aliases(model_name)["champion"] == v4
     forced = promote(model_name, v2, gate, force=True)
-    assert forced["promoted"] and _aliases(model_name)["champion"] == v2
+    assert forced.promoted and _aliases(model_name)["champion"] == v2
     assert _tags(model_name, v2)["vlm.gate.mode"] == "forced"
 
     rows = list_versions(model_name)

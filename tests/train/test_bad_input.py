@@ -50,8 +50,8 @@ def test_damage_is_skipped_counted_and_named(clean, tmp_path, caplog, monkeypatc
     cfg = parse_config(tiny_config(tmp_path, steps=steps, eval_samples=0, checkpoint_every=100))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)  # the environment wins; other tests may have set it
     summary = train(cfg, "pretrain", data, str(tmp_path / "model"))
-    assert summary["steps"] == steps and summary["rejected"][reason] >= 1
-    metrics = MlflowClient(cfg.tracking.uri).get_run(summary["run_id"]).data.metrics
+    assert summary.steps == steps and summary.rejected[reason] >= 1
+    metrics = MlflowClient(cfg.tracking.uri).get_run(summary.run_id).data.metrics
     assert metrics[f"data/rejected_{reason}"] >= 1
 
 

@@ -201,7 +201,7 @@ def test_s3_checkpoints_fall_back_too(shards, tmp_path, s3_prefix, caplog):
     assert "rank-00000.safetensors" in state["files"] and "trainer.pt" in state["files"]
     storage.delete(f"{s3_prefix}/ckpt/step-000002/trainer.pt")
     out = train(cfg(3), "pretrain", shards, f"{s3_prefix}/model")
-    assert out["resumed_from_step"] == 1 and out["steps"] == 3
+    assert out.resumed_from_step == 1 and out.steps == 3
     assert "trainer.pt: missing" in caplog.text
     assert storage.read_text(f"{s3_prefix}/ckpt/latest") == "step-000003"
 

@@ -37,6 +37,7 @@ def test_the_result_is_the_summary_the_steps_return():
     assert out["samples_per_s"] == 8.0 and out["tokens_per_s"] == 90.0 and "throughput" not in out
     assert out["resumed_from_step"] == 2 and out["eval_after"] == {"eval/vqa_loss": 2.0}
     assert json.loads(json.dumps(out)) == out
+    assert TrainResult.from_dict(json.loads(json.dumps(out))) == result  # what launch() reads back
 
 
 def test_a_trainer_steps_saves_and_resumes(shards, tmp_path, monkeypatch):
@@ -81,8 +82,9 @@ def test_launch_isolated_runs_torchrun_and_returns_the_summary(shards, tmp_path,
     cfg = parse_config(tiny_config(tmp_path, steps=2, eval_samples=0))
     summary_uri = tmp_path / "summary.json"
     out = launch(cfg, "pretrain", shards, str(tmp_path / "model"), isolate=True, summary_uri=str(summary_uri))
-    assert out == json.loads(summary_uri.read_text())
-    assert out["steps"] == 2 and out["world_size"] == 1 and out["model_uri"] == str(tmp_path / "model")
+    assert isinstance(out, TrainResult) and out.to_dict() == json.loads(summary_uri.read_text())
+    assert out.steps == 2 and out.world_size == 1 and out.model_uri == str(tmp_path / "model")
+    assert set(out.throughput) == {"samples_per_s", "tokens_per_s"}
     with pytest.raises(LaunchError, match="pretrain failed \\(torchrun exit code 1\\)") as err:
         launch(cfg, "pretrain", str(tmp_path / "no-shards"), str(tmp_path / "m2"), isolate=True)
     assert err.value.returncode == 1

@@ -33,7 +33,7 @@ def labelled(tmp_path_factory) -> dict[str, str]:
     write_shards(root / "data", "val", 4, 4, offset=1)
     cfg = ExpertsConfig(experts=["edges"], resolution=32, batch_size=8, device="cpu")
     full = run_experts(str(root / "data"), str(root / "labels"), ["edges"], cfg)
-    assert full["complete"] == {"edges": True} and full["labelled"]["edges"] == 27  # the corrupt image fails
+    assert full.complete == {"edges": True} and full.labelled["edges"] == 27  # the corrupt image fails
     run_experts(str(root / "data"), str(root / "partial"), ["edges"], cfg, shards=["train-000000.tar"])
     return {"data": str(root / "data"), "labels": str(root / "labels"), "partial": str(root / "partial")}
 
@@ -171,14 +171,14 @@ def test_training_feeds_the_expert_maps_and_resumes_exactly(labelled, tmp_path):
     rec = Recorder()
     full = train(parse_config(_cfg(tmp_path / "a", ["edges"], **kw)), "pretrain", labelled["data"],
                  str(tmp_path / "a" / "model"), labels_uri=labelled["labels"], model_factory=rec)
-    assert full["steps"] == 4 and full["labels_uri"] == labelled["labels"] and full["missing_labels"] == {"edges": 0}
+    assert full.steps == 4 and full.labels_uri == labelled["labels"] and full.missing_labels == {"edges": 0}
     train_calls = [c for c in rec.calls if c[0]]
     eval_calls = [c for c in rec.calls if not c[0]]
     assert len(train_calls) == 4 and len(eval_calls) >= 2  # eval before + after
     for _, present, total in rec.calls:  # every example (train and eval) had its edge map, and maps are not blank
         assert present.all() and total > 0
     assert len(rec.grads) == 4 and all(g > 0 for g in rec.grads)  # the stem learns from the maps
-    ckpt = Path(full["checkpoint_uri"])
+    ckpt = Path(full.checkpoint_uri)
     final = load_file(str(ckpt / "step-000004" / "trainable.safetensors"))
     stems = [k for k in final if k.startswith("experts_input.stems.edges")]
     assert stems and any(not torch.equal(final[k], rec.initial[k]) for k in stems)
@@ -190,7 +190,7 @@ def test_training_feeds_the_expert_maps_and_resumes_exactly(labelled, tmp_path):
     rec_b = Recorder()
     resumed = train(parse_config(_cfg(tmp_path / "b", ["edges"], labels=labelled["labels"], **kw)), "pretrain",
                     labelled["data"], str(tmp_path / "b" / "model"), model_factory=rec_b)
-    assert resumed["resumed_from_step"] == 2 and resumed["final_loss"] == pytest.approx(full["final_loss"], abs=1e-6)
+    assert resumed.resumed_from_step == 2 and resumed.final_loss == pytest.approx(full.final_loss, abs=1e-6)
     again = load_file(str(ckpt_b / "step-000004" / "trainable.safetensors"))
     for k in final:
         torch.testing.assert_close(again[k], final[k], atol=1e-6, rtol=0)

@@ -58,10 +58,10 @@ def test_training_logs_the_probe_to_its_run(shards, tmp_path):
 
     cfg = parse_config(tiny_config(tmp_path, steps=2, eval_samples=0, probe_images=3, probe_split="val"))
     out = train(cfg, "pretrain", shards, str(tmp_path / "model"))
-    assert out["probe"]["probe/n_images"] == 3 and 0.0 <= out["probe"]["probe/overall"] <= 1.0
+    assert out.probe["probe/n_images"] == 3 and 0.0 <= out.probe["probe/overall"] <= 1.0
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    logged = mlflow.get_run(out["run_id"]).data.metrics
+    logged = mlflow.get_run(out.run_id).data.metrics
     for key in ("probe/overall", "probe/image_needed", "probe/color", "probe/lookup_overall"):
-        assert logged[key] == pytest.approx(out["probe"][key], nan_ok=True)
+        assert logged[key] == pytest.approx(out.probe[key], nan_ok=True)
     with pytest.raises(ValueError, match="held out"):
         parse_config(tiny_config(tmp_path, probe_images=3, probe_split="train"))

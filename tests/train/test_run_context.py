@@ -53,14 +53,14 @@ def test_a_rerun_continues_the_run_of_its_checkpoints_and_a_fresh_start_gets_a_n
     ckpt = TrainJob.from_config(cfg, "pretrain", shards, model).checkpoint_uri
     assert has_checkpoints(ckpt)
     resumed = train(cfg, "pretrain", shards, model)
-    assert resumed["resumed_from_step"] == 3 and resumed["run_id"] == first["run_id"]
-    history = MlflowClient(cfg.tracking.uri).get_metric_history(first["run_id"], "train/loss")
+    assert resumed.resumed_from_step == 3 and resumed.run_id == first.run_id
+    history = MlflowClient(cfg.tracking.uri).get_metric_history(first.run_id, "train/loss")
     assert {m.step for m in history} >= {3, 6}, "both legs log into the one run"
 
     shutil.rmtree(ckpt)
     assert not has_checkpoints(ckpt)
     fresh = train(cfg, "pretrain", shards, model)
-    assert fresh["resumed_from_step"] == 0 and fresh["run_id"] != first["run_id"]
+    assert fresh.resumed_from_step == 0 and fresh.run_id != first.run_id
     pretrain_runs = [r for r in _runs(cfg) if r.data.tags.get(tracking.STAGE_TAG) == "pretrain"]
     assert len(pretrain_runs) == 2, [(r.info.run_id, r.info.status, r.data.tags) for r in pretrain_runs]
 

@@ -19,7 +19,7 @@ def generate_and_curate(model_uri: str, data_uri: str, output_uri: str, cfg: Ali
     return run(model_uri, data_uri, output_uri, cfg, run_id, **kwargs)
 
 
-def finetune(cfg_path_or_cfg, curated_uri: str, init_from: str, output_uri: str) -> dict:
+def finetune(cfg_path_or_cfg, curated_uri: str, init_from: str, output_uri: str):
     """See :func:`vlm.align.tune.finetune`."""
     from vlm.align.tune import finetune as run
 

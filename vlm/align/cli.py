@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         except (FileNotFoundError, ValueError) as exc:
             typer.secho(f"align curate: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
 
     @align_app.command("finetune")
     def finetune_cmd(
@@ -64,4 +64,4 @@ def register(app: typer.Typer) -> None:
         except (FileNotFoundError, ValueError) as exc:
             typer.secho(f"align finetune: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
-        typer.echo(json.dumps(summary, indent=2, default=str))
+        typer.echo(json.dumps(summary.to_dict(), indent=2, default=str))

@@ -15,11 +15,14 @@ description gains shrink).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vlm import storage
 from vlm.align.config import stage_two_train_config
 from vlm.data.format import Manifest, read_manifest
+
+if TYPE_CHECKING:
+    from vlm.train.job import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +45,12 @@ def check_curated(curated_uri: str) -> Manifest:
     return manifest
 
 
-def finetune(cfg_path_or_cfg, curated_uri: str, init_from: str, output_uri: str) -> dict[str, Any]:
+def finetune(cfg_path_or_cfg, curated_uri: str, init_from: str, output_uri: str) -> TrainResult:
     """Fine-tune ``init_from`` (a stage-one model artefact URI) on ``curated_uri``; writes a model artefact.
 
     ``cfg_path_or_cfg``: a PipelineConfig or a YAML path/URI. The run goes through
     :func:`vlm.train.launch.launch` (``align.finetune.nproc`` processes, or a cluster job by ``cluster.launcher``).
-    Returns the training engine's summary (final metrics + artefact URI).
+    Returns the training engine's result (final metrics + artefact URI).
     """
     from vlm.config import PipelineConfig, load_config
     from vlm.train.launch import launch

@@ -2,7 +2,7 @@
 
 - ``vlm.data.format``: owns the on-disk format (manifest, samples, QA, shard writer and reader); every
   stage reads and writes datasets through it (``docs/formats.md``).
-- ``vlm.data.shard``: ``shard_dataset(input, output, cfg) -> manifest`` (``vlm shard`` CLI), and its fan-out
+- ``vlm.data.shard``: ``shard_dataset(input, output, cfg) -> Manifest`` (``vlm shard`` CLI), and its fan-out
   steps ``plan_partitions`` -> ``shard_partition`` x N -> ``merge_partitions``.
 - ``vlm.data.sources``: one module per input kind (tables with paths, URLs or embedded bytes; image
   folders; WebDataset tars; builtin sets). ``vlm.data.fetch`` downloads image URLs.

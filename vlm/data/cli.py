@@ -89,8 +89,9 @@ def shard(
     except InputError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
-    rejected = {k: v for k, v in manifest["rejected"].items() if v}
-    typer.echo(json.dumps({"output": output, "num_samples": manifest["num_samples"],
-                           "splits": manifest["splits"], "shards": len(manifest["shards"]),
-                           "partitions": manifest.get("partitions", 1), "resumed_shards": manifest["resumed_shards"],
-                           "rejected": rejected, "elapsed_s": manifest["elapsed_s"]}, indent=2))
+    summary = manifest.to_dict()
+    typer.echo(json.dumps({"output": output, "num_samples": manifest.num_samples, "splits": summary["splits"],
+                           "shards": len(manifest.shards), "partitions": getattr(manifest, "partitions", 1),
+                           "resumed_shards": manifest.resumed_shards,
+                           "rejected": {k: v for k, v in manifest.rejected.items() if v},
+                           "elapsed_s": manifest.elapsed_s}, indent=2))

@@ -186,8 +186,12 @@ class Manifest(BaseModel):
     def shards_of(self, split: str = "all") -> list[ShardInfo]:
         return [s for s in self.shards if split == "all" or s.split == split]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``manifest.json`` (extra fields included)."""
+        return self.model_dump(mode="json")
+
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False)
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
 
 
 def _read_json(uri: str, missing: str) -> Any:

@@ -488,18 +488,19 @@ def _finished(output: str, task: dict[str, Any]) -> dict[str, Any] | None:
     return marker if _intact(storage.join(output, task["name"]), marker.get("size")) else None
 
 
-def merge_partitions(input: str, output: str, cfg: ShardConfig | None = None) -> dict[str, Any]:
+def merge_partitions(input: str, output: str, cfg: ShardConfig | None = None) -> fmt.Manifest:
     """De-duplicate the partitions' records globally, write the final shards and ``manifest.json``.
 
-    Returns the manifest (as a dict). A dataset already complete for this input and config is returned as
-    it is (``resumed_shards`` = all). Raises ``InputError`` naming the partitions that are not finished.
+    Returns the manifest (its extra fields: ``partitions``, ``chunks``, ``resumed_shards``, ``elapsed_s``,
+    ``num_input_records``, ``rejected_examples``...). A dataset already complete for this input and config is
+    returned as it is (``resumed_shards`` = all). Raises ``InputError`` naming the partitions that are not finished.
     """
     input, output, cfg = _settle(input, output, cfg)
     t0 = time.perf_counter()
     fingerprint = _fingerprint(input, cfg)
     done = _complete(output, fingerprint)
     if done is not None:
-        return {**done.model_dump(mode="json"), "resumed_shards": len(done.shards)}
+        return done.model_copy(update={"resumed_shards": len(done.shards)})
     plan = _read_plan(output, input, cfg)
     missing = [p for p in range(len(plan["partitions"]))
                if any(_chunk_done(output, a, b, plan["chunk_fingerprint"]) is None for a, b in _chunks(plan, p))]
@@ -583,7 +584,7 @@ def merge_partitions(input: str, output: str, cfg: ShardConfig | None = None) ->
     storage.delete(storage.join(output, PARTS), recursive=True)
     log.info("wrote %d samples in %d shards to %s (%d rejected, %d partition(s))", manifest.num_samples,
              len(shards), output, manifest.rejected_total, len(plan["partitions"]))
-    return manifest.model_dump(mode="json")
+    return manifest
 
 
 def _remove_stale(output: str, planned: set[str]) -> None:
@@ -624,7 +625,7 @@ def _run_partitions(input: str, output: str, cfg: ShardConfig, count: int) -> No
                            "re-run to resume them from their last finished chunk")
 
 
-def shard_dataset(input: str, output: str, cfg: ShardConfig | None = None) -> dict[str, Any]:
+def shard_dataset(input: str, output: str, cfg: ShardConfig | None = None) -> fmt.Manifest:
     """Shard ``input`` into validated WebDataset shards under ``output`` (local path or s3:// URI).
 
     plan -> partitions (in parallel processes when there are several) -> merge. Returns the manifest

@@ -1,7 +1,7 @@
 """Evaluation: COCO caption metrics, VQAv2 accuracy, retrieval recall, perplexity; the runner and its report.
 
     from vlm.eval import evaluate, EvalConfig
-    summary = evaluate("runs/x/model", "runs/x/data", EvalConfig(tasks=["caption", "vqa"]))
+    result = evaluate("runs/x/model", "runs/x/data", EvalConfig(tasks=["caption", "vqa"]))  # an EvalResult
 """
 
 from vlm.eval.config import EvalConfig

@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from None
         try:
             summary = evaluate(model_uri, data_uri, ecfg, run_id or None, output=output or None,
-                               experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri, track=not no_track)
+                               experiment=cfg.experiment_name(), tracking_uri=cfg.tracking.uri,
+                               track=not no_track).to_dict()
         except (FileNotFoundError, ValueError) as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None

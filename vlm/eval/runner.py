@@ -2,17 +2,56 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlm import storage, tracking
 from vlm.eval.config import EvalConfig
 
+if TYPE_CHECKING:
+    from vlm.registry.mlflow_registry import Champion
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What :func:`evaluate` answers. ``to_dict()`` is the JSON summary (``summary.json``, the pipeline step).
+
+    ``metrics`` is flat (what MLflow and the registry gate get); ``n`` the samples scored per task;
+    ``by_question_type`` is ``{type: {n, accuracy, exact_match}}``; ``baselines`` the text-only baselines from
+    the train split (``vqa``, ``caption``, ``n_train_samples``; ``{}`` when none); ``champion`` the champion of
+    ``cfg.compare_to``; ``output`` where the results and report went, ``report`` the HTML report's URI.
+    """
+
+    model_uri: str
+    data_uri: str
+    format: str
+    n_samples: int
+    n: dict[str, int]
+    metrics: dict[str, float]
+    rejected: dict[str, int]  # input samples dropped, by reason
+    damaged_shards: dict[str, str]  # shard URI -> "reason: detail"
+    skipped: dict[str, int]  # "<task>.<reason>" -> samples a task could not use
+    skipped_tasks: list[str]
+    tokenizer: str
+    config: dict[str, Any]  # the EvalConfig as JSON
+    by_question_type: dict[str, dict[str, float]]
+    baselines: dict[str, Any]
+    champion: Champion | None
+    seconds: float
+    run_id: str | None = None
+    output: str = ""
+    report: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def load_model(model_uri: str):
@@ -39,13 +78,12 @@ def _tokenizer_name(cfg: EvalConfig) -> str:
 
 def evaluate(model_uri: str, data_uri: str, cfg: EvalConfig | None = None, run_id: str | None = None, *,
              output: str | None = None, experiment: str = "vlm-eval", tracking_uri: str | None = None,
-             track: bool = True, model: Any = None) -> dict[str, Any]:
+             track: bool = True, model: Any = None) -> EvalResult:
     """Evaluate ``model_uri`` on ``data_uri`` for ``cfg.tasks``.
 
     Writes ``results.json`` (per sample), ``metrics.json``, ``summary.json`` and ``report.md``/``report.html``
     (+ plots, example images) to ``output`` (default ``cfg.output`` or a temp folder), and logs metrics and the
     report to MLflow: into ``run_id`` when given (e.g. the training run), else a new ``evaluate`` stage run.
-    Returns the JSON-able summary (``metrics``, counts, ``output``, ``report``, ``run_id``).
     """
     import torch
 
@@ -82,32 +120,28 @@ def evaluate(model_uri: str, data_uri: str, cfg: EvalConfig | None = None, run_i
     if not results:
         raise ValueError(f"{data_uri}: none of the tasks {cfg.tasks} has usable samples "
                          "(captions for caption/retrieval, qa for vqa)")
-    summary: dict[str, Any] = {
-        "model_uri": model_uri, "data_uri": data_uri, "format": data.format, "n_samples": len(data.samples),
-        "n": counts, "metrics": metrics, "rejected": dict(data.rejected), "damaged_shards": data.damaged,
-        "skipped": skipped,
-        "skipped_tasks": skipped_tasks, "tokenizer": _tokenizer_name(cfg), "config": cfg.model_dump(mode="json"),
-        "by_question_type": by_question_type(results["vqa"]) if "vqa" in results else {},
-        "baselines": _baselines(data_uri, data.format, cfg, results),
-        "champion": _champion(cfg.compare_to, tracking_uri) if cfg.compare_to and track else None,
-        "seconds": round(time.time() - started, 2),
-    }
+    result = EvalResult(
+        model_uri=model_uri, data_uri=data_uri, format=data.format, n_samples=len(data.samples), n=counts,
+        metrics=metrics, rejected=dict(data.rejected), damaged_shards=data.damaged, skipped=skipped,
+        skipped_tasks=skipped_tasks, tokenizer=_tokenizer_name(cfg), config=cfg.model_dump(mode="json"),
+        by_question_type=by_question_type(results["vqa"]) if "vqa" in results else {},
+        baselines=_baselines(data_uri, data.format, cfg, results),
+        champion=_champion(cfg.compare_to, tracking_uri) if cfg.compare_to and track else None,
+        seconds=round(time.time() - started, 2))
     out_uri = output or cfg.output
     with tempfile.TemporaryDirectory(prefix="vlm-eval-") as tmp:
         local = Path(tmp)
         (local / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
         (local / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        write_report(summary, results, data.samples, local, cfg.report_examples)
-        summary["run_id"] = None
+        write_report(result.to_dict(), results, data.samples, local, cfg.report_examples)
         if track and tracking.is_rank0():
-            summary["run_id"] = _log_to_mlflow(local, summary, run_id, experiment, tracking_uri)
-        if not out_uri:
-            out_uri = tempfile.mkdtemp(prefix="vlm-eval-report-")
-        summary["output"] = out_uri
-        summary["report"] = storage.join(out_uri, "report.html")
-        (local / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+            result = dataclasses.replace(result, run_id=_log_to_mlflow(local, result, run_id, experiment,
+                                                                       tracking_uri))
+        out_uri = out_uri or tempfile.mkdtemp(prefix="vlm-eval-report-")
+        result = dataclasses.replace(result, output=out_uri, report=storage.join(out_uri, "report.html"))
+        (local / "summary.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
         storage.upload_tree(local, out_uri)
-    return summary
+    return result
 
 
 def _baselines(data_uri: str, data_format: str, cfg: EvalConfig, results: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +168,7 @@ def _baselines(data_uri: str, data_format: str, cfg: EvalConfig, results: dict[s
     return out
 
 
-def _champion(name: str, tracking_uri: str | None) -> dict[str, Any] | None:
+def _champion(name: str, tracking_uri: str | None) -> Champion | None:
     """The current champion of registered model ``name`` (version + metrics), None when there is none."""
     from mlflow.exceptions import MlflowException
 
@@ -147,14 +181,14 @@ def _champion(name: str, tracking_uri: str | None) -> dict[str, Any] | None:
         return None
 
 
-def _log_to_mlflow(local: Path, summary: dict[str, Any], run_id: str | None, experiment: str,
+def _log_to_mlflow(local: Path, result: EvalResult, run_id: str | None, experiment: str,
                    tracking_uri: str | None) -> str:
     with tracking.stage_run("evaluate", experiment, run_id=run_id, tracking_uri=tracking_uri) as run:
-        run.log_metrics(summary["metrics"])
-        run.log_metrics({f"eval_data/rejected_{k}": v for k, v in summary["rejected"].items()})
-        run.log_params({"eval." + k: v for k, v in summary["config"].items() if k in
+        run.log_metrics(result.metrics)
+        run.log_metrics({f"eval_data/rejected_{k}": v for k, v in result.rejected.items()})
+        run.log_params({"eval." + k: v for k, v in result.config.items() if k in
                         ("tasks", "split", "max_samples", "num_beams", "max_new_tokens")} |
-                       {"eval.data_uri": summary["data_uri"], "eval.model_uri": summary["model_uri"]})
-        run.set_tags({"vlm.eval.report": "eval/report.html", "vlm.eval.tokenizer": summary["tokenizer"]})
+                       {"eval.data_uri": result.data_uri, "eval.model_uri": result.model_uri})
+        run.set_tags({"vlm.eval.report": "eval/report.html", "vlm.eval.tokenizer": result.tokenizer})
         run.log_artifact(local, "eval")
         return run.run_id

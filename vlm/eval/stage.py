@@ -22,4 +22,4 @@ def evaluate_stage(model_uri: str, data_uri: str, tasks: str = "", output: str =
     if tasks:
         cfg = cfg.model_copy(update={"tasks": EvalConfig(tasks=[t.strip() for t in tasks.split(",") if t.strip()]).tasks})
     return evaluate(model_uri, data_uri, cfg, run_id or None, output=output or None, experiment=experiment,
-                    tracking_uri=tracking_uri or None)
+                    tracking_uri=tracking_uri or None).to_dict()

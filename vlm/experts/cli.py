@@ -78,4 +78,4 @@ def register(app: typer.Typer) -> None:
         except (ExpertError, ValueError, FileNotFoundError) as exc:
             typer.secho(f"experts failed: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps(summary.to_dict(), indent=2))

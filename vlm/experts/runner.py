@@ -17,6 +17,7 @@ missing there, listed in each marker's ``failures`` and counted (``rejected["und
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -90,6 +91,34 @@ def shard_groups(data_uri: str, n: int) -> list[list[str]]:
         groups[g].append(shard.name)
         acc += size
     return [g for g in groups if g]
+
+
+@dataclass(frozen=True)
+class ExpertsResult:
+    """What :func:`run_experts` answers. ``to_dict()`` is the JSON summary (``vlm experts``, the pipeline step).
+
+    ``labelled`` / ``failed`` / ``complete`` are by expert; ``rejected`` counts images that got no label by
+    reason; ``shards_rejected`` names each damaged data shard with its error.
+    """
+
+    data_uri: str
+    labels_uri: str
+    experts: list[str]  # in dependency order
+    device: str
+    shards_selected: int
+    shards_computed: int
+    expert_shards_skipped: int  # (expert, shard) pairs already done
+    images: int
+    labelled: dict[str, int]
+    failed: dict[str, int]
+    rejected: dict[str, int]
+    shards_rejected: dict[str, str]
+    seconds: float
+    images_per_s: float
+    complete: dict[str, bool]  # every shard of the dataset labelled (labels.json)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -261,12 +290,12 @@ def _worker(plan: _Plan, labels_uri: str, cfg: ExpertsConfig, device: str) -> di
 
 # --------------------------------------------------------------------------------------- entry points
 def run_experts(data_uri: str, labels_uri: str, experts: list[str], cfg: ExpertsConfig,
-                shards: list[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
+                shards: list[str] | None = None, overwrite: bool = False) -> ExpertsResult:
     """Compute ``experts`` for the data shards under ``data_uri`` (all, or the names in ``shards``).
 
     Resumable: shards whose label marker exists with the same expert fingerprint are skipped; a marker with
     a different fingerprint (other version/options/source) or computed from a changed data shard is an
-    error unless ``overwrite``. Returns a JSON-able summary.
+    error unless ``overwrite``.
     """
     from vlm.experts.hf import resolve_device
     from vlm.progress import Progress
@@ -355,18 +384,18 @@ def run_experts(data_uri: str, labels_uri: str, experts: list[str], cfg: Experts
         rejected.update(r.get("rejected", {}))
     shards_rejected = {r["shard"]: r["error"] for r in results if "error" in r}
     seconds = time.perf_counter() - t0
-    summary = {"data_uri": str(data_uri), "labels_uri": str(labels_uri), "experts": names, "device": device,
-               "shards_selected": len(selected), "shards_computed": len(plans), "expert_shards_skipped": skipped,
-               "images": images, "labelled": labelled, "failed": failed, "rejected": dict(rejected),
-               "shards_rejected": shards_rejected, "seconds": round(seconds, 3),
-               "images_per_s": round(images / seconds, 3) if seconds > 0 else 0.0,
-               "complete": {n: index["experts"].get(n, {}).get("complete", False) for n in names}}
+    result = ExpertsResult(
+        data_uri=str(data_uri), labels_uri=str(labels_uri), experts=names, device=device,
+        shards_selected=len(selected), shards_computed=len(plans), expert_shards_skipped=skipped, images=images,
+        labelled=labelled, failed=failed, rejected=dict(rejected), shards_rejected=shards_rejected,
+        seconds=round(seconds, 3), images_per_s=round(images / seconds, 3) if seconds > 0 else 0.0,
+        complete={n: index["experts"].get(n, {}).get("complete", False) for n in names})
     log.info("experts done: %d images in %.1fs (%.2f img/s), labelled %s, failed %s", images, seconds,
-             summary["images_per_s"], labelled, failed)
+             result.images_per_s, labelled, failed)
     if shards_rejected:
         log.warning("experts: %d damaged data shard(s) got no labels: %s", len(shards_rejected),
                     ", ".join(sorted(shards_rejected)))
-    return summary
+    return result
 
 
 def write_labels_index(data_uri: str, labels_uri: str, max_failures: int = 10_000) -> dict[str, Any]:

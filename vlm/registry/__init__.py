@@ -7,11 +7,12 @@
 from vlm.registry.config import GateConfig, RegistryConfig
 
 __all__ = ["GateConfig", "RegistryConfig", "register_model", "promote_if_better", "promote", "list_versions",
-           "lineage_tags"]
+           "lineage_tags", "Champion", "Promotion", "Registration"]
 
 
 def __getattr__(name: str):  # lazy: importing the config must not import mlflow
-    if name in {"register_model", "promote_if_better", "promote", "list_versions", "lineage_tags"}:
+    if name in {"register_model", "promote_if_better", "promote", "list_versions", "lineage_tags", "Champion",
+                "Promotion", "Registration"}:
         from vlm.registry import mlflow_registry
 
         return getattr(mlflow_registry, name)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from vlm.cli_utils import config_or_exit
+
+if TYPE_CHECKING:
+    from vlm.registry.mlflow_registry import Promotion
 
 models_app = typer.Typer(help="Inspect registered models.", no_args_is_help=True)
 
@@ -83,15 +87,15 @@ def register(app: typer.Typer) -> None:
         except reg.RegistryError as exc:
             _fail(exc)
         _show_decision(decision)
-        if not decision["promoted"] and decision["reasons"] != ["already champion"]:
+        if not decision.promoted and decision.reasons != ["already champion"]:
             raise typer.Exit(2)
 
 
-def _show_decision(decision: dict) -> None:
-    color = typer.colors.GREEN if decision["promoted"] else typer.colors.YELLOW
-    verb = "promoted to champion" if decision["promoted"] else "not promoted"
-    typer.secho(f"{decision['name']} v{decision['version']} {verb} (champion: v{decision['champion']}): "
-                + "; ".join(decision["reasons"]), fg=color)
+def _show_decision(decision: Promotion) -> None:
+    color = typer.colors.GREEN if decision.promoted else typer.colors.YELLOW
+    verb = "promoted to champion" if decision.promoted else "not promoted"
+    typer.secho(f"{decision.name} v{decision.version} {verb} (champion: v{decision.champion}): "
+                + "; ".join(decision.reasons), fg=color)
 
 
 @models_app.command("list")

@@ -11,11 +11,13 @@ Naming on a registered model version:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,51 @@ RUNTIME_PACKAGES = ("mlflow", "torch", "transformers", "safetensors", "accelerat
 
 class RegistryError(RuntimeError):
     """A registration or promotion request cannot be carried out (unknown version, bad artefact...)."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The version holding alias ``champion`` and its ``vlm.metric.*`` tags."""
+
+    name: str
+    version: str
+    metrics: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A newly registered version (alias ``challenger``) and the promotion gate's dry run on it
+    (``registration.json`` beside the run's config; ``version`` is "" when the registry is off)."""
+
+    name: str
+    version: str
+    gate_passed: bool
+    reasons: list[str]
+    comparison: dict[str, Any] = field(default_factory=dict)  # see :func:`evaluate_gate`
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A promotion decision: whether ``version`` became champion, why, and who holds the alias now.
+    ``mode``: ``gate`` or ``forced``; ``comparison`` is :func:`evaluate_gate`'s plus ``champion_version``."""
+
+    name: str
+    version: str
+    promoted: bool
+    reasons: list[str]
+    previous_champion: str | None
+    champion: str | None
+    comparison: dict[str, Any]
+    mode: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -258,25 +305,23 @@ def evaluate_gate(candidate: Mapping[str, float], champion: Mapping[str, float] 
     return passed, reasons, comparison
 
 
-def _set_champion(client, name: str, version: str, previous, decision: dict[str, Any]) -> None:
+def _set_champion(client, name: str, version: str, previous) -> None:
     client.set_registered_model_alias(name, CHAMPION, version)
     if previous is not None and str(previous.version) != version:
         client.set_model_version_tag(name, str(previous.version), f"{GATE_TAG}replaced_by", version)
 
 
-def _record(client, name: str, version: str, decision: dict[str, Any]) -> None:
-    tags = {"passed": str(decision["promoted"]).lower(), "reasons": "; ".join(decision["reasons"]),
-            "previous_champion": decision["previous_champion"] or "", "mode": decision["mode"],
-            "decision": decision}
+def _record(client, decision: Promotion) -> None:
+    tags = {"passed": str(decision.promoted).lower(), "reasons": "; ".join(decision.reasons),
+            "previous_champion": decision.previous_champion or "", "mode": decision.mode,
+            "decision": decision.to_dict()}
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, f"{GATE_TAG}{key}", _truncate(value))
+        client.set_model_version_tag(decision.name, decision.version, f"{GATE_TAG}{key}", _truncate(value))
 
 
-def promote_if_better(name: str, version: str | int, gate: GateConfig, *, tracking_uri: str | None = None) -> dict:
-    """Move alias ``champion`` to ``version`` when the gate passes; record the comparison in ``vlm.gate.*`` tags.
-
-    Returns ``{name, version, promoted, reasons, previous_champion, champion, comparison, mode}``.
-    """
+def promote_if_better(name: str, version: str | int, gate: GateConfig, *,
+                      tracking_uri: str | None = None) -> Promotion:
+    """Move alias ``champion`` to ``version`` when the gate passes; record the comparison in ``vlm.gate.*`` tags."""
     from mlflow import MlflowClient
 
     tracking.configure(tracking_uri)
@@ -285,24 +330,24 @@ def promote_if_better(name: str, version: str | int, gate: GateConfig, *, tracki
     candidate = _get_version(client, name, version)
     champion = _alias_version(client, name, CHAMPION)
     previous = str(champion.version) if champion is not None else None
-    decision: dict[str, Any] = {"name": name, "version": version, "previous_champion": previous, "mode": "gate"}
     if previous == version:
-        decision.update(promoted=False, reasons=["already champion"], champion=version, comparison={})
-        return decision
+        return Promotion(name=name, version=version, promoted=False, reasons=["already champion"],
+                         previous_champion=previous, champion=version, comparison={}, mode="gate")
     cand_metrics = metrics_from_tags(candidate.tags)
     champ_metrics = metrics_from_tags(champion.tags) if champion is not None else None
     passed, reasons, comparison = evaluate_gate(cand_metrics, champ_metrics, gate)
     comparison["champion_version"] = previous
-    decision.update(promoted=passed, reasons=reasons, comparison=comparison, champion=version if passed else previous)
+    decision = Promotion(name=name, version=version, promoted=passed, reasons=reasons, previous_champion=previous,
+                         champion=version if passed else previous, comparison=comparison, mode="gate")
     if passed:
-        _set_champion(client, name, version, champion, decision)
-    _record(client, name, version, decision)
+        _set_champion(client, name, version, champion)
+    _record(client, decision)
     log.info("%s v%s %s: %s", name, version, "promoted to champion" if passed else "not promoted", "; ".join(reasons))
     return decision
 
 
 def promote(name: str, version: str | int, gate: GateConfig | None = None, force: bool = False, *,
-            tracking_uri: str | None = None) -> dict:
+            tracking_uri: str | None = None) -> Promotion:
     """Promote by hand: through the gate (default config when ``gate`` is None), or unconditionally with ``force``."""
     if not force:
         return promote_if_better(name, version, gate or GateConfig(), tracking_uri=tracking_uri)
@@ -314,22 +359,22 @@ def promote(name: str, version: str | int, gate: GateConfig | None = None, force
     _get_version(client, name, version)
     champion = _alias_version(client, name, CHAMPION)
     previous = str(champion.version) if champion is not None else None
-    decision = {"name": name, "version": version, "previous_champion": previous, "mode": "forced", "promoted": True,
-                "reasons": ["forced by hand (gate skipped)"], "champion": version, "comparison": {}}
-    _set_champion(client, name, version, champion, decision)
-    _record(client, name, version, decision)
+    decision = Promotion(name=name, version=version, promoted=True, reasons=["forced by hand (gate skipped)"],
+                         previous_champion=previous, champion=version, comparison={}, mode="forced")
+    _set_champion(client, name, version, champion)
+    _record(client, decision)
     return decision
 
 
-def champion(name: str, *, tracking_uri: str | None = None) -> dict[str, Any] | None:
-    """``{name, version, metrics}`` of the version holding alias ``champion``, or None (no such model or alias)."""
+def champion(name: str, *, tracking_uri: str | None = None) -> Champion | None:
+    """The version holding alias ``champion``, or None (no such model or alias)."""
     from mlflow import MlflowClient
 
     tracking.configure(tracking_uri)
     found = _alias_version(MlflowClient(), name, CHAMPION)
     if found is None:
         return None
-    return {"name": name, "version": str(found.version), "metrics": metrics_from_tags(found.tags)}
+    return Champion(name=name, version=str(found.version), metrics=metrics_from_tags(found.tags))
 
 
 def list_versions(name: str, *, tracking_uri: str | None = None) -> list[dict[str, Any]]:

@@ -27,5 +27,5 @@ def register_stage(model_uri: str, name: str, metrics_json: str = "{}", run_id: 
     out: dict[str, Any] = {"name": name, "version": version, "promoted": False, "reasons": [], "champion": None}
     if promote:
         gate = GateConfig.model_validate(json.loads(gate_json) if gate_json else {})
-        out.update(promote_if_better(name, version, gate, tracking_uri=tracking_uri or None))
+        out.update(promote_if_better(name, version, gate, tracking_uri=tracking_uri or None).to_dict())
     return out

@@ -42,4 +42,4 @@ def register(app: typer.Typer) -> None:
         except LaunchError as exc:
             raise typer.Exit(exc.returncode) from None
         if int(os.environ.get("RANK", "0")) == 0:
-            typer.echo(json.dumps(summary, indent=2, default=str))
+            typer.echo(json.dumps(summary.to_dict(), indent=2, default=str))

@@ -101,3 +101,10 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "throughput"}
         return {**out, **self.throughput}
+
+    @classmethod
+    def from_dict(cls, summary: dict[str, Any]) -> TrainResult:
+        """The result a summary describes (what :meth:`to_dict` gave): keys beyond the fields are throughput."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"throughput"}
+        return cls(**{k: v for k, v in summary.items() if k in names},
+                   throughput={k: v for k, v in summary.items() if k not in names})

@@ -13,9 +13,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlm import storage
+
+if TYPE_CHECKING:
+    from vlm.train.job import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)  # bad input: one line naming the shard, no traceback
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
-        text = json.dumps(summary, indent=2, default=str)
+        text = json.dumps(summary.to_dict(), indent=2, default=str)
         if args.summary:
             storage.write_text(args.summary, text)
             log.info("summary -> %s", args.summary)
@@ -162,25 +165,25 @@ def with_run(job, cfg, run_id: str = "", parent_run_id: str = ""):
 
 
 def train(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "", init_from: str = "",
-          labels_uri: str = "", *, run_id: str = "", model_factory: Any = None) -> dict[str, Any]:
-    """Run one stage of ``cfg`` in this process (each process of a torchrun / PyTorchJob launch calls this);
-    the JSON summary (:meth:`vlm.train.job.TrainResult.to_dict`). Resumes from the latest checkpoint
-    (``train.resume``); logs into ``run_id`` or the run :func:`with_run` finds."""
+          labels_uri: str = "", *, run_id: str = "", model_factory: Any = None) -> TrainResult:
+    """Run one stage of ``cfg`` in this process (each process of a torchrun / PyTorchJob launch calls this).
+    Resumes from the latest checkpoint (``train.resume``); logs into ``run_id`` or the run :func:`with_run`
+    finds."""
     from vlm.train.job import TrainJob
     from vlm.train.trainer import run
 
     job = TrainJob.from_config(cfg, stage, data_uri or None, output_uri or None, init_from or None, labels_uri or None)
-    return run(with_run(job, cfg, run_id), model_factory).to_dict()
+    return run(with_run(job, cfg, run_id), model_factory)
 
 
 def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "", init_from: str = "",
            labels_uri: str = "", *, config_uri: str = "", overrides: list[str] | tuple[str, ...] = (), nproc: int = 0,
            isolate: bool = False, env: dict[str, str] | None = None, summary_uri: str = "",
-           run_tag: str = "", run_id: str = "", parent_run_id: str = "") -> dict[str, Any]:
-    """Run one training stage of ``cfg`` where it belongs; its summary (:meth:`vlm.train.job.TrainResult.to_dict`).
+           run_tag: str = "", run_id: str = "", parent_run_id: str = "") -> TrainResult:
+    """Run one training stage of ``cfg`` where it belongs; its :class:`vlm.train.job.TrainResult`.
 
     ``cluster.launcher`` ``pytorchjob`` / ``trainjob``: a cluster job (:func:`vlm.k8s.launch.run_cluster_job`)
-    running ``python -m vlm.train --config config_uri`` (a URI the pods read), its summary at ``summary_uri``
+    running ``python -m vlm.train --config config_uri`` (a URI the pods read), its JSON summary at ``summary_uri``
     (default ``<output>-summary.json``). ``local``: ``nproc`` (default the stage's ``nproc``) processes under
     torchrun, or this process when that is 1 (or this is already a torchrun worker) and not ``isolate`` (the
     pipeline step isolates even one process); either way with :mod:`vlm.train.threads`' policy.
@@ -190,7 +193,7 @@ def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "
     checkpoints, else a new child of ``parent_run_id``) and hands it to the launched processes. Raises
     :class:`LaunchError` when torchrun fails, :class:`vlm.k8s.lifecycle.ClusterJobError` when the job does.
     """
-    from vlm.train.job import TrainJob
+    from vlm.train.job import TrainJob, TrainResult
 
     job = TrainJob.from_config(cfg, stage, data_uri or None, output_uri or None, init_from or None, labels_uri or None)
     cluster = cfg.cluster.launcher != "local"
@@ -201,7 +204,7 @@ def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "
         threads.apply()
         from vlm.train.trainer import run
 
-        return run(with_run(job, cfg, run_id, parent_run_id)).to_dict()
+        return run(with_run(job, cfg, run_id, parent_run_id))
     job = with_run(job, cfg, run_id, parent_run_id)
     args = ["--stage", stage, "--run-id", job.run_id]
     for flag, value in (("--data", data_uri), ("--output", output_uri), ("--init-from", init_from),
@@ -231,4 +234,4 @@ def launch(cfg, stage: str = "pretrain", data_uri: str = "", output_uri: str = "
             rc = launch_local(config_uri, n, args[2:], env=env)
             if rc != 0:
                 raise LaunchError(stage, rc)
-        return json.loads(storage.read_text(summary_uri))
+        return TrainResult.from_dict(json.loads(storage.read_text(summary_uri)))
