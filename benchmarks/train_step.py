@@ -83,7 +83,9 @@ def _realistic_sources(root: Path) -> dict:
     if not (vit_dir / "config.json").exists():
         ViTModel(ViTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                            image_size=224, patch_size=16)).save_pretrained(vit_dir)
-    return {"vision": {"type": "hf", "source": str(vit_dir)}, "llm": {"type": "hf", "source": str(llm_dir)}}
+    # vision.precision auto: the ViT-L in bf16 like the LLM (an fp32 encoder, the default, costs GPU throughput)
+    return {"vision": {"type": "hf", "source": str(vit_dir), "precision": "auto"},
+            "llm": {"type": "hf", "source": str(llm_dir)}}
 
 
 def _sync(device):

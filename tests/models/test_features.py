@@ -151,6 +151,23 @@ def test_bf16_and_gradient_checkpointing(examples):
     assert bf.generate(make_images(1), "Describe.", num_beams=2)
 
 
+def test_the_frozen_encoder_computes_in_fp32_under_bf16_autocast_unless_told(examples):
+    """``vision.precision: fp32`` (default): bf16 autocast leaves the frozen encoder in fp32 (its bf16 features
+    lost the stage-one recipe its colours) and its cached tokens are the fp32 ones; ``auto`` follows the autocast."""
+    pixels = build_model(tiny_config()).vision.preprocess([ex["image"] for ex in examples])
+    for precision in ("fp32", "auto"):
+        model = build_model(tiny_config(vision={"type": "tiny", "precision": precision, "cache_size": 8}))
+        with torch.no_grad():
+            plain = model.visual_tokens(pixels)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                mixed = model.visual_tokens(pixels)
+        if precision == "fp32":
+            torch.testing.assert_close(mixed, plain, rtol=0, atol=0)  # the cache's fp32 entries, bit for bit
+        else:
+            assert not torch.equal(mixed.float(), plain), "computed in bf16: rounded"
+    assert ModelConfig().vision.precision == "fp32"
+
+
 def test_save_load_via_s3(s3_prefix, examples):
     model = build_model(tiny_config("perceiver"))
     batch = model.collate(examples)

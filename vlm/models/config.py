@@ -10,8 +10,11 @@ from vlm.configbase import Section
 
 DEFAULT_TEMPLATE = "###Human: <Img><ImageHere></Img> {instruction} ###Assistant: "
 IMAGE_PLACEHOLDER = "<ImageHere>"
-ANSWER_MARKER = "Answer:"  # describe_first: what separates the description from the answer
-DESCRIPTION_TOKENS = 32  # describe_first: new tokens generation adds for the description
+# describe_first: "<description> Question: <question> Answer: <answer>" after a prompt that holds no question
+DESCRIBE_THEN_ANSWER = "Describe the image, then answer the question."
+QUESTION_MARKER = "Question:"  # ends the description
+ANSWER_MARKER = "Answer:"  # ends the question
+DESCRIPTION_TOKENS = 32  # describe_first: new tokens for a description
 
 
 class VisionConfig(Section):
@@ -26,6 +29,10 @@ class VisionConfig(Section):
                                   "None = every token")
     cache_size: int = Field(0, ge=0, description="keep the frozen encoder's (pooled) tokens of this many recent "
                         "images in memory, keyed by their pixels (no effect with bottleneck adaptors in the encoder)")
+    precision: Literal["fp32", "auto"] = Field(
+        "fp32", description="fp32: the frozen encoder computes in fp32 even under bf16 autocast (its bf16 "
+        "EfficientNet-Lite0 features cost the stage-one recipe its colours: 0.40 vs 0.95 held out); auto: in the "
+        "training's precision (faster for a large ViT on a GPU without vision.cache_size)")
 
     @model_validator(mode="after")
     def _source_for_hf(self) -> VisionConfig:
@@ -107,7 +114,7 @@ class LossConfig(Section):
 
     caption: float = Field(1.0, ge=0)
     answer: float = Field(1.0, gt=0, description="describe_first: weight of each answer token (the words after "
-                          "'Answer:') in the LM loss, against 1 for each token of the description before them")
+                          "'Answer:') in the LM loss, against 1 for each token of the description")
     itc: float = Field(0.0, ge=0)
     itm: float = Field(0.0, ge=0)
 
@@ -132,10 +139,12 @@ class ModelConfig(Section):
     max_length: int = Field(256, ge=8, description="text tokens per example (prompt + answer), longer is cut")
     generation: GenerationConfig = GenerationConfig()
     describe_first: bool = Field(
-        False, description="VQA answers are taught and generated as '<the image's caption> <the question> Answer: "
-        "<answer>': the model puts the image into words and restates the question, so the answer follows both in "
-        "the order a reader compares them (with llm.lora_rank the LLM learns that comparison from text); generation "
-        "has room for the description and returns the text after it")
+        False, description="a VQA example with a caption teaches, after the prompt DESCRIBE_THEN_ANSWER (no "
+        "question in it), '<caption> Question:', then gives the question ('<question> Answer:', not learnt) and "
+        "teaches the answer: the model puts the image into words before it sees the question (a question seen "
+        "first primes the description: 'is there a red shape?' -> 'A red triangle'), and the answer follows both "
+        "(with llm.lora_rank the LLM learns that comparison from text). answer() describes each image once and "
+        "answers every question about it after that description")
     bf16: bool = False
     gradient_checkpointing: bool = False
     seed: int = Field(0, description="seed of tiny random encoders and of the trainable parts' initialisation")

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlm.models.adapters import build_adapter
-from vlm.models.config import ANSWER_MARKER, DESCRIPTION_TOKENS, IMAGE_PLACEHOLDER, ModelConfig
+from vlm.models.config import (ANSWER_MARKER, DESCRIBE_THEN_ANSWER, DESCRIPTION_TOKENS, IMAGE_PLACEHOLDER,
+                               QUESTION_MARKER, ModelConfig)
 from vlm.models.experts import ExpertsInput, collate_experts
 from vlm.models.fusion import MPlugFusion
 from vlm.models.layers import Bottleneck
@@ -153,18 +154,31 @@ class VisionLanguageModel(nn.Module):
         return [self.format_prompt(i) for i in instructions]
 
     # ----------------------------------------------------------------------------------- batches
-    def target(self, example: Mapping[str, Any]) -> tuple[str, str] | None:
-        """What an example teaches, as (description, answer): ``("", answer)``; with ``describe_first`` a VQA
-        example with a caption teaches ``("<caption> <question> Answer:", " <answer>")``: the image in words,
-        then the question again, so that the answer follows both (the order a reader compares them in)."""
+    def target(self, example: Mapping[str, Any]) -> list[tuple[str, float]]:
+        """The text after an example's prompt as ``(text, loss weight)`` pieces, each tokenised on its own;
+        weight 0 = given, not taught. ``[(answer + end_sym, 1)]``; with ``describe_first`` a VQA example with a
+        caption: ``[("<caption> Question:", 1), (" <question> Answer:", 0), (" <answer>###", losses.answer)]``
+        after the prompt :data:`DESCRIBE_THEN_ANSWER`, so the description never sees the question."""
         answer = example.get("answer")
         if answer is None:
-            return None
-        caption = example.get("caption")
-        if self.config.describe_first and example.get("task") == "vqa" and caption:
+            return []
+        if self._describes(example):
             question = (example.get("instruction") or "").strip()
-            return " ".join(p for p in (caption.strip(), question, ANSWER_MARKER) if p), f" {answer}"
-        return "", answer
+            return [(f"{example['caption'].strip()} {QUESTION_MARKER}", 1.0), (f" {question} {ANSWER_MARKER}", 0.0),
+                    (f" {answer}{self.config.end_sym}", self.config.losses.answer)]
+        return [(answer + self.config.end_sym, 1.0)]
+
+    def _describes(self, example: Mapping[str, Any]) -> bool:
+        return bool(self.config.describe_first and example.get("task") == "vqa" and example.get("caption"))
+
+    def _example_prompt(self, example: Mapping[str, Any], i: int) -> str:
+        if self._describes(example):
+            return self.format_prompt(DESCRIBE_THEN_ANSWER)
+        if example.get("prompt"):
+            return example["prompt"]
+        if example.get("instruction") is None:
+            raise ValueError(f"example {i}: needs 'instruction' or 'prompt'")
+        return self.format_prompt(example["instruction"])
 
     def collate(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Examples ``{image, instruction|prompt, answer, experts?}`` -> a right-padded training batch."""
@@ -173,20 +187,20 @@ class VisionLanguageModel(nn.Module):
         ids, labels, weights, positions = [], [], [], []
         pad = self.tokenizer.pad_token_id
         for i, ex in enumerate(examples):
-            prompt = ex.get("prompt") or (self.format_prompt(ex["instruction"]) if ex.get("instruction") is not None
-                                          else None)
-            if prompt is None:
-                raise ValueError(f"example {i}: needs 'instruction' or 'prompt'")
-            before, after = self._prompt_parts(prompt)
-            target = self.target(ex)
-            desc, ans = (self._tok(target[0]), self._tok(target[1] + self.config.end_sym)) if target else ([], [])
+            before, after = self._prompt_parts(self._example_prompt(ex, i))
             n_prompt = len(before) + len(after)
             if n_prompt >= self.config.max_length:
                 raise ValueError(f"example {i}: prompt has {n_prompt} tokens, max_length is {self.config.max_length}")
-            taught = (desc + ans)[: self.config.max_length - n_prompt]
-            ids.append(before + after + taught)
-            labels.append([-100] * n_prompt + taught)
-            weights.append(([1.0] * len(desc) + [self.config.losses.answer] * len(ans))[: len(taught)])
+            tail, taught, tail_weights = [], [], []
+            for text, weight in self.target(ex):
+                piece = self._tok(text)
+                tail += piece
+                taught += piece if weight else [-100] * len(piece)
+                tail_weights += [weight] * len(piece)
+            room = self.config.max_length - n_prompt
+            ids.append(before + after + tail[:room])
+            labels.append([-100] * n_prompt + taught[:room])
+            weights.append([0.0] * n_prompt + tail_weights[:room])
             positions.append(len(before))
         width = max(len(x) for x in ids)
         batch = {
@@ -197,8 +211,7 @@ class VisionLanguageModel(nn.Module):
             "image_positions": torch.tensor(positions),
         }
         if self.config.describe_first and self.config.losses.answer != 1.0:
-            batch["loss_weights"] = torch.tensor([[0.0] * (len(x) - len(w)) + w + [0.0] * (width - len(x))
-                                                  for x, w in zip(ids, weights)])
+            batch["loss_weights"] = torch.tensor([w + [0.0] * (width - len(w)) for w in weights])
         if self.config.experts:
             batch["expert_maps"], batch["experts_present"] = collate_experts(
                 self.config.experts, [ex.get("experts") for ex in examples], self.vision.image_size)
@@ -209,9 +222,10 @@ class VisionLanguageModel(nn.Module):
                       experts_present: torch.Tensor | None = None) -> torch.Tensor:
         """Frozen encoder tokens (+ experts resampler tokens) in the vision width, before the adapter."""
         grad = torch.is_grad_enabled() and len(self.vision_adaptors) > 0
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), self._encoder_precision():
             if self._vision_cache is not None and not self.vision_adaptors:
-                salt = str(torch.get_autocast_dtype(self.device.type)) if torch.is_autocast_enabled() else "fp32"
+                dev = self.device.type
+                salt = str(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else "fp32"
                 x = self._vision_cache(pixel_values, self._encode, salt)
             else:
                 x = self._encode(pixel_values)
@@ -224,6 +238,13 @@ class VisionLanguageModel(nn.Module):
                 experts_present = torch.zeros(b, n, dtype=torch.bool)
             x = torch.cat([x, self.experts_input(expert_maps.to(self.device), experts_present.to(self.device))], 1)
         return x
+
+    def _encoder_precision(self):
+        """``vision.precision: fp32``: no autocast around the frozen encoder (bf16 EfficientNet-Lite0 features
+        lose colour); ``auto``: the caller's autocast."""
+        if self.config.vision.precision == "fp32":
+            return torch.autocast(self.device.type, enabled=False)
+        return contextlib.nullcontext()
 
     def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.vision(pixel_values.to(self.device))
@@ -316,23 +337,63 @@ class VisionLanguageModel(nn.Module):
                  prompts: Sequence[str] | None = None, num_beams: int | None = None,
                  max_new_tokens: int | None = None, repetition_penalty: float | None = None,
                  experts: Sequence[Mapping[str, np.ndarray] | None] | None = None) -> list[str]:
-        """Caption / answer each image. Greedy when ``num_beams == 1``, beam search otherwise; stops on
-        ``end_sym`` or EOS and returns the text before ``end_sym``. With ``describe_first`` the model gets
-        ``DESCRIPTION_TOKENS`` more new tokens and an answer comes back without its description."""
-        ids = self.generate_ids(images, instructions, prompts, num_beams, max_new_tokens, repetition_penalty, experts)
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        """Caption each image / follow each instruction. Greedy when ``num_beams == 1``, beam search otherwise;
+        stops on ``end_sym`` or EOS and returns the text before ``end_sym``. Questions go to :meth:`answer`."""
+        return self._texts(self.generate_ids(images, instructions, prompts, num_beams, max_new_tokens,
+                                             repetition_penalty, experts))
+
+    @torch.no_grad()
+    def describe(self, images: Sequence[ImageLike], num_beams: int | None = None,
+                 experts: Sequence[Mapping[str, np.ndarray] | None] | None = None) -> list[str]:
+        """``describe_first``: each image in words, as written before a question is seen (what :meth:`answer`
+        answers after)."""
+        ids = self.generate_ids(images, DESCRIBE_THEN_ANSWER, num_beams=num_beams, max_new_tokens=DESCRIPTION_TOKENS,
+                                experts=experts, stop=QUESTION_MARKER)
+        return [t.split(QUESTION_MARKER)[0].strip() for t in self._texts(ids)]
+
+    @torch.no_grad()
+    def answer(self, images: Sequence[ImageLike], questions: Sequence[str], *,
+               descriptions: Sequence[str] | None = None, num_beams: int | None = None,
+               max_new_tokens: int | None = None,
+               experts: Sequence[Mapping[str, np.ndarray] | None] | None = None) -> list[str]:
+        """Answer each question about its image. Without ``describe_first``: :meth:`generate` with the question
+        as the instruction. With it, as training teaches: after the image's description (``descriptions``, else
+        :meth:`describe`, once per distinct image object) and the question, the answer alone is generated."""
+        images, questions = list(images), list(questions)
+        if len(questions) != len(images):
+            raise ValueError(f"{len(questions)} questions for {len(images)} images")
+        if not self.config.describe_first:
+            return self.generate(images, questions, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                 experts=experts)
+        if descriptions is None:
+            first = {id(image): i for i, image in reversed(list(enumerate(images)))}
+            rows = sorted(first.values())
+            written = self.describe([images[i] for i in rows], num_beams,
+                                    [experts[i] for i in rows] if experts is not None else None)
+            by_image = {id(images[i]): text for i, text in zip(rows, written)}
+            descriptions = [by_image[id(image)] for image in images]
+        if len(descriptions) != len(images):
+            raise ValueError(f"{len(descriptions)} descriptions for {len(images)} images")
+        given = [self._tok(f"{d} {QUESTION_MARKER}") + self._tok(f" {q.strip()} {ANSWER_MARKER}")
+                 for d, q in zip(descriptions, questions)]
+        return self._texts(self.generate_ids(images, DESCRIBE_THEN_ANSWER, num_beams=num_beams,
+                                             max_new_tokens=max_new_tokens, experts=experts, given=given))
+
+    def _texts(self, ids: torch.Tensor) -> list[str]:
+        """New token ids -> their text before ``end_sym``."""
         end = self.config.end_sym
-        texts = [(t.split(end)[0] if end else t).strip() for t in texts]
-        if self.config.describe_first:  # "<description> Answer: <answer>" -> the answer
-            texts = [t.rsplit(ANSWER_MARKER, 1)[1].strip() if ANSWER_MARKER in t else t for t in texts]
-        return texts
+        return [(t.split(end)[0] if end else t).strip()
+                for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     @torch.no_grad()
     def generate_ids(self, images: Sequence[ImageLike], instructions: Sequence[str] | str | None = None,
                      prompts: Sequence[str] | None = None, num_beams: int | None = None,
                      max_new_tokens: int | None = None, repetition_penalty: float | None = None,
-                     experts: Sequence[Mapping[str, np.ndarray] | None] | None = None) -> torch.Tensor:
-        """Like :meth:`generate` but returns the new token ids ``(B, T)`` (padded with the pad id)."""
+                     experts: Sequence[Mapping[str, np.ndarray] | None] | None = None,
+                     given: Sequence[list[int]] | None = None, stop: str | None = None) -> torch.Tensor:
+        """Like :meth:`generate` but returns the new token ids ``(B, T)`` (padded with the pad id).
+        ``given``: per row, token ids that follow the prompt before the new ones (not among those returned);
+        ``stop``: a stop string besides ``end_sym``."""
         from transformers import GenerationConfig
 
         images = list(images)
@@ -352,17 +413,20 @@ class VisionLanguageModel(nn.Module):
                 p_ids, p_mask = self._pad_right([b + a for b, a in parts], pad)
                 img = self.fusion(img, self._embed(p_ids), p_mask.to(self.device))
             dtype = self.llm.get_input_embeddings().weight.dtype
+            if given is not None:
+                if len(given) != len(parts):
+                    raise ValueError(f"{len(given)} given continuations for {len(parts)} images")
+                parts = [(b, a + list(x)) for (b, a), x in zip(parts, given)]
             seqs = [torch.cat([self._embed(torch.tensor(b, dtype=torch.long)), img[i].to(dtype),
                                self._embed(torch.tensor(a, dtype=torch.long))]) for i, (b, a) in enumerate(parts)]
             width = max(len(s) for s in seqs)
             embeds = torch.stack([F.pad(s, (0, 0, width - len(s), 0)) for s in seqs])  # left padding
             attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+            stops = [x for x in (self.config.end_sym, stop) if x]
             gen_cfg = GenerationConfig(
-                max_new_tokens=(max_new_tokens or g.max_new_tokens) + (DESCRIPTION_TOKENS if self.config.describe_first
-                                                                        else 0), num_beams=beams,
+                max_new_tokens=max_new_tokens or g.max_new_tokens, num_beams=beams,
                 repetition_penalty=repetition_penalty or g.repetition_penalty, do_sample=False,
-                pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
-                stop_strings=[self.config.end_sym] if self.config.end_sym else None,
+                pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, stop_strings=stops or None,
                 **({"early_stopping": True} if beams > 1 else {}))
             return self.llm.generate(inputs_embeds=embeds, attention_mask=attn, generation_config=gen_cfg,
                                      tokenizer=self.tokenizer)
