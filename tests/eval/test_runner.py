@@ -131,6 +131,9 @@ def test_vqa_scoring_against_known_answers(vqa_dir, tmp_path):
         def __init__(self, right: bool):
             self.right = right
 
+        def answer(self, images, questions, **kw):  # VQA goes to answer, captions to generate
+            return self.generate(images, questions, **kw)
+
         def generate(self, images, instructions, **kw):
             outs = []
             for im, q in zip(images, instructions):
@@ -203,8 +206,8 @@ def test_report_baselines_from_train_split_and_change_vs_champion(mlflow_uri, sp
     class Knows:
         training = False
 
-        def generate(self, images, instructions, **kw):
-            return [truth[(im.tobytes(), q)] for im, q in zip(images, instructions)]
+        def answer(self, images, questions, **kw):
+            return [truth[(im.tobytes(), q)] for im, q in zip(images, questions)]
 
     version = register_model(tiny_model_uri, model_name, {"vqa_accuracy": 0.25}, {})
     promote(model_name, version, force=True)

@@ -83,6 +83,26 @@ def test_load_rejects_weights_of_another_adapter(tmp_path):
         other.load_trainable_state_dict(load_file(tmp_path / "p" / "adapter.safetensors"))
 
 
+def test_load_refuses_a_describe_first_artefact_of_the_first_format(tmp_path):
+    """Version 1 artefacts put the question before the description; a describe_first one is refused by name
+    (its answers would be wrong), any other loads."""
+    from safetensors.torch import load_file, save_file
+
+    from vlm.models import load
+
+    for describe_first in (True, False):
+        uri = build_model(tiny_config(describe_first=describe_first)).save(str(tmp_path / str(describe_first)))
+        weights = tmp_path / str(describe_first) / "adapter.safetensors"
+        save_file(load_file(weights), weights, metadata={"format": "vlm-model", "version": "1", "adapter": "linear"})
+        if describe_first:
+            with pytest.raises(ValueError, match="first describe_first format"):
+                load(uri)
+        else:
+            assert load(uri).config.describe_first is False
+    build_model(tiny_config(describe_first=True)).save(str(tmp_path / "v2"))
+    assert load(str(tmp_path / "v2")).config.describe_first
+
+
 def test_tinylm_progressive_stages(examples, tmp_path):
     """PaLM2-VAdapter: stage 1 trains the tiny LM as a captioner; stage 2 reuses its weights as the adapter."""
     stage1 = build_model(tiny_config("tinylm", adapter={"stage": "decoder"}))

@@ -41,3 +41,22 @@ def test_info_and_caption_commands(tmp_path):
     assert res.exit_code == 0, res.output
     captions = json.loads(res.stdout)["captions"]
     assert captions == {str(img): model.generate([str(img)], "Describe.", num_beams=1)[0]}
+
+
+def test_caption_command_answers_a_question_through_answer(tmp_path):
+    """``vlm model caption --question``: the describe_first model describes, then answers (``model.answer``)."""
+    from vlm.models import build_model
+
+    model = build_model(tiny_config("linear", describe_first=True, max_length=256))
+    model.save(str(tmp_path / "art"))
+    img = tmp_path / "a.png"
+    make_images(1)[0].save(img)
+    res = _runner_invoke(["model", "caption", str(img), "--model", str(tmp_path / "art"), "--num-beams", "1",
+                          "--max-new-tokens", "3", "--question", "Is it red?"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["answers"] == {
+        str(img): model.answer([str(img)], ["Is it red?"], num_beams=1, max_new_tokens=3)[0]}
+
+
+def _runner_invoke(args):
+    return CliRunner().invoke(_register_only_models(), args)

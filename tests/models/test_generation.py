@@ -99,31 +99,58 @@ def test_bad_prompts_are_rejected(examples):
         model.generate([examples[0]["image"]], ["a", "b"])
 
 
-def test_describe_first_teaches_the_description_then_the_answer_and_returns_only_the_answer():
-    """``describe_first``: a VQA example with a caption teaches "<caption> <question> Answer: <answer>###", the
-    answer tokens weighted ``losses.answer``; other examples are unchanged; generation leaves room for the
-    description and returns the answer after it."""
-    from tests.models.helpers import train_steps
+def test_describe_first_teaches_the_description_before_the_question_then_the_answer():
+    """``describe_first``: a VQA example with a caption gets the prompt DESCRIBE_THEN_ANSWER (no question in it)
+    and teaches "<caption> Question:", then is given " <question> Answer:" (not taught) and taught the answer,
+    weighted ``losses.answer``; other examples are unchanged."""
+    from vlm.models.config import DESCRIBE_THEN_ANSWER
 
-    model = build_model(tiny_config("mlp", describe_first=True, losses={"answer": 4.0},
+    model = build_model(tiny_config("mlp", describe_first=True, losses={"answer": 4.0}, max_length=256,
                                     llm={"type": "tiny", "lora_rank": 8, "lora_targets": ["q_proj", "v_proj", "o_proj"]}))
     image = make_images(1)[0]
     vqa = {"image": image, "instruction": "Is it red?", "answer": "no", "task": "vqa", "caption": "A blue box."}
     examples = [vqa, {**vqa, "caption": None}, {"image": image, "instruction": "Describe.", "answer": "A blue box.",
                                                 "task": "caption"}]
     batch = model.collate(examples)
-    taught = [model.tokenizer.decode(row[row != -100].tolist()) for row in batch["labels"]]
-    assert taught == ["A blue box. Is it red? Answer: no###", "no###", "A blue box.###"]
+    tok = model.tokenizer
+    taught = [tok.decode(row[row != -100].tolist()) for row in batch["labels"]]
+    assert taught == ["A blue box. Question: no###", "no###", "A blue box.###"]
+    first = tok.decode(batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist())
+    assert first == (model.format_prompt(DESCRIBE_THEN_ANSWER).replace("<ImageHere>", "")
+                     + "A blue box. Question: Is it red? Answer: no###"), "the question only after the description"
+    assert "Is it red?" in tok.decode(batch["input_ids"][1].tolist()), "without a caption: the plain template"
     weights = batch["loss_weights"][0][batch["labels"][0] != -100].tolist()
-    n_answer = len(model.tokenizer(" no###", add_special_tokens=False)["input_ids"])
+    n_answer = len(tok(" no###", add_special_tokens=False)["input_ids"])
     assert weights == [1.0] * (len(weights) - n_answer) + [4.0] * n_answer
-    assert batch["loss_weights"][0][batch["labels"][0] == -100].eq(0).all(), "no weight on the prompt or padding"
-    equal = build_model(tiny_config("mlp", describe_first=True, losses={"answer": 1.0}))
+    assert batch["loss_weights"][0][batch["labels"][0] == -100].eq(0).all(), "no weight on the prompt, question, padding"
+    equal = build_model(tiny_config("mlp", describe_first=True, losses={"answer": 1.0}, max_length=256))
     assert "loss_weights" not in equal.collate(examples), "answer weight 1: the plain mean"
-    train_steps(model, model.collate([vqa]), steps=80, lr=2e-2)
-    raw = model.tokenizer.decode(model.generate_ids([image], "Is it red?", num_beams=1, max_new_tokens=4)[0],
-                                 skip_special_tokens=True)  # the tiny tokenizer: one token per character
-    assert raw.startswith("A blue box. Is it red? Answer: no###"), "4 new tokens for the answer, room for the rest"
-    assert model.generate([image], "Is it red?", num_beams=1, max_new_tokens=4) == ["no"]
+
+
+def test_describe_first_answers_every_question_after_one_description_per_image():
+    """``answer`` describes each distinct image once (stopping at "Question:"), then generates only the answer
+    after "<description> Question: <question> Answer:"; without describe_first it is ``generate``."""
+    from tests.models.helpers import train_steps
+
+    model = build_model(tiny_config("mlp", describe_first=True, losses={"answer": 4.0}, max_length=256))
+    images = make_images(2)
+    qa = [(0, "Is it red?", "no"), (0, "Is it blue?", "yes"), (1, "Is it red?", "yes")]
+    captions = ["A blue box.", "A red box."]
+    examples = [{"image": images[i], "instruction": q, "answer": a, "task": "vqa", "caption": captions[i]}
+                for i, q, a in qa]
+    train_steps(model, model.collate(examples), steps=200, lr=2e-2)
+    assert model.describe(images, num_beams=1) == captions
+    calls = []
+    generate_ids = model.generate_ids
+    model.generate_ids = lambda *a, **k: calls.append(k.get("given") is not None) or generate_ids(*a, **k)
+    asked = [images[i] for i, _, _ in qa]
+    assert model.answer(asked, [q for _, q, _ in qa], num_beams=1, max_new_tokens=8) == ["no", "yes", "yes"]
+    assert calls == [False, True], "one batch of descriptions (2 images), one of answers (3 questions)"
+    calls.clear()
+    given = model.answer(asked, [q for _, q, _ in qa], descriptions=[captions[i] for i, _, _ in qa], num_beams=1,
+                         max_new_tokens=8)
+    assert given == ["no", "yes", "yes"] and calls == [True], "descriptions given: no description written"
+    with pytest.raises(ValueError, match="2 questions for 3 images"):
+        model.answer(asked, ["a", "b"])
     plain = build_model(tiny_config("mlp"))
-    assert plain.collate([vqa])["labels"].ne(-100).sum() < batch["labels"][0].ne(-100).sum()
+    assert plain.answer(images[:1], ["Is it red?"], num_beams=1) == plain.generate(images[:1], "Is it red?", num_beams=1)

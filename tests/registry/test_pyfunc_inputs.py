@@ -54,7 +54,12 @@ def direct(library, files, pairs):
     from PIL import Image
 
     images = [Image.open(files[label]).convert("RGB") for label, _ in pairs]
-    return library.generate(images, instructions=[q or DEFAULT_CAPTION_INSTRUCTION for _, q in pairs], **PARAMS)
+    asked = [i for i, (_, q) in enumerate(pairs) if q]
+    described = [i for i, (_, q) in enumerate(pairs) if not q]
+    answers = iter(library.answer([images[i] for i in asked], [pairs[i][1] for i in asked], **PARAMS) if asked else [])
+    captions = iter(library.generate([images[i] for i in described], instructions=DEFAULT_CAPTION_INSTRUCTION,
+                                     **PARAMS) if described else [])
+    return [next(answers) if q else next(captions) for _, q in pairs]
 
 
 def test_every_input_form_answers_like_the_library_model(served):

@@ -99,15 +99,15 @@ def test_load_champion_by_alias_and_predict(mlflow_uri, tiny_artefact, model_nam
     from vlm.models.pyfunc import DEFAULT_CAPTION_INSTRUCTION
     from vlm.models.pyfunc import load_image as _image
 
-    direct = load(tiny_artefact).generate([_image(png_bytes()), _image(png_file)],
-                                          instructions=["What colour?", DEFAULT_CAPTION_INSTRUCTION],
-                                          num_beams=1, max_new_tokens=5)
+    library = load(tiny_artefact)
+    direct = (library.answer([_image(png_bytes())], ["What colour?"], num_beams=1, max_new_tokens=5)
+              + library.generate([_image(png_file)], DEFAULT_CAPTION_INSTRUCTION, num_beams=1, max_new_tokens=5))
     assert out == direct
     # the evaluation runner loads the same registered model by alias
     from vlm.eval.runner import load_model
 
-    again = load_model(f"models:/{model_name}@champion").generate([_image(png_bytes())], instructions=["What colour?"],
-                                                                  num_beams=1, max_new_tokens=5)
+    again = load_model(f"models:/{model_name}@champion").answer([_image(png_bytes())], ["What colour?"],
+                                                                num_beams=1, max_new_tokens=5)
     assert again == direct[:1]
     # a dict with one row works, base64 text works like bytes; a broken image fails loudly
     import base64

@@ -118,7 +118,8 @@ def test_balance_answers_evens_out_a_common_answer():
 
 def test_training_batches_carry_what_the_models_targets_need(shards):
     """The engine's batches reach ``collate`` with each example's task and caption: a ``describe_first`` model
-    is taught "<caption> <question> Answer: <answer>" on VQA examples, the caption alone on caption examples."""
+    is taught "<caption> Question: <answer>" (the question given between them) on VQA examples, the caption alone
+    on caption examples."""
     import torch
 
     from vlm.models import build_model
@@ -131,6 +132,6 @@ def test_training_batches_carry_what_the_models_targets_need(shards):
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     batch = next(iter(BatchDataset(list_shards(shards, "train"), cfg, info, model.collate, [0])))[0]
     taught = [model.tokenizer.decode(row[row != -100].tolist()) for row in batch["labels"]]
-    vqa = [t for t in taught if " Answer: " in t]
+    vqa = [t for t in taught if " Question: " in t]
     assert vqa and all(t.startswith("a ") and t.endswith(("red###", "green###", "blue###", "yellow###")) for t in vqa)
     assert all(t.startswith("a ") for t in taught), taught  # caption examples: the caption itself

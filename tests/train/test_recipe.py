@@ -14,7 +14,7 @@ from vlm.train.recipe import TextLookup, probe, question_type, table
 class _Oracle:
     """Answers the colour question from the centre pixel (what a model that uses the image can do)."""
 
-    def generate(self, images, instructions, **kw):
+    def answer(self, images, questions, **kw):
         out = []
         for im in images:
             px = np.asarray(im.convert("RGB"))[16, 16].astype(int)
@@ -23,11 +23,11 @@ class _Oracle:
 
 
 class _Constant:
-    def __init__(self, answer: str):
-        self.answer = answer
+    def __init__(self, text: str):
+        self.text = text
 
-    def generate(self, images, instructions, **kw):
-        return [self.answer] * len(images)
+    def answer(self, images, questions, **kw):
+        return [self.text] * len(images)
 
 
 def test_probe_scores_each_question_against_the_text_lookup(shards):

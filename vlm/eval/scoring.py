@@ -34,6 +34,31 @@ def generate(model, images: Sequence[Any], instructions: Sequence[str], *, batch
     return out
 
 
+def answer(model, images: Sequence[Any], questions: Sequence[str], *, batch_size: int, num_beams: int,
+           max_new_tokens: int, desc: str = "answer") -> list[str]:
+    """``model.answer`` over batches, with progress bars. A ``describe_first`` model first describes each
+    distinct image (the same object asked several questions) once, in batches of its own."""
+    images, questions = list(images), list(questions)
+    descriptions = None
+    if getattr(getattr(model, "config", None), "describe_first", False):
+        distinct = list({id(image): image for image in images}.values())
+        written: list[str] = []
+        with Progress(total=len(distinct), desc=f"{desc}: describe", unit="img") as bar:
+            for chunk in batched(distinct, batch_size):
+                written.extend(model.describe(list(chunk), num_beams=num_beams))
+                bar.update(len(chunk))
+        by_image = {id(image): text for image, text in zip(distinct, written)}
+        descriptions = [by_image[id(image)] for image in images]
+    out: list[str] = []
+    with Progress(total=len(images), desc=desc, unit="question") as bar:
+        for start in range(0, len(images), batch_size):
+            rows = slice(start, start + batch_size)
+            out.extend(model.answer(images[rows], questions[rows], num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                    descriptions=descriptions[rows] if descriptions is not None else None))
+            bar.update(len(images[rows]))
+    return out
+
+
 def _row_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token NLL and token count per row (labels ``-100`` ignored)."""
     lp = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")

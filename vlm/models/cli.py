@@ -31,13 +31,15 @@ def info(config: Path | None = typer.Option(None, "--config", "-c", help="Pipeli
 def caption(images: list[str] = typer.Argument(..., help="Image files or s3:// URIs."),
             model: str = typer.Option("", "--model", "-m", help="Model artefact URI; empty = untrained from --config."),
             config: Path | None = typer.Option(None, "--config", "-c", help="Pipeline config YAML."),
-            instruction: str = typer.Option("", "--instruction", "-i", help="Question / instruction."),
+            instruction: str = typer.Option("", "--instruction", "-i", help="Instruction instead of the caption one."),
+            question: str = typer.Option("", "--question", "-q", help="Answer this question about each image."),
             num_beams: int = typer.Option(0, "--num-beams", help="0 = from the model config."),
             max_new_tokens: int = typer.Option(0, "--max-new-tokens", help="0 = from the model config.")) -> None:
-    """Caption images (or answer --instruction about them)."""
+    """Caption images (or follow --instruction, or answer --question about them)."""
     from vlm.models.tasks import caption_images
 
-    typer.echo(json.dumps(caption_images(images, model, str(config or ""), instruction, num_beams, max_new_tokens),
+    typer.echo(json.dumps(caption_images(images, model, str(config or ""), instruction, num_beams, max_new_tokens,
+                                         question=question),
                           indent=2))
 
 

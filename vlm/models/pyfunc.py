@@ -6,7 +6,8 @@ Input, in whichever shape a user tries (see :func:`rows`):
   every row); a list of row dicts; a list of images; one image;
 - column ``image``: encoded image bytes, a base64 string (or a ``data:image/...;base64,`` URI), a local
   path, a ``file://`` or ``s3://`` URI of an image file, or a PIL image;
-- column ``question`` (optional): the question to answer; missing/empty/None means "describe the image".
+- column ``question`` (optional): the question to answer (``model.answer``); missing/empty/None means "describe
+  the image" (``model.generate`` with the caption instruction).
 
 Params (optional): ``num_beams``, ``max_new_tokens``. Output: one string per row, in input order.
 Bad input fails before any generation, naming the row (``row 2: image 'x.jpg': no such file``) or the
@@ -181,9 +182,9 @@ def _question(row: Mapping[str, Any]) -> str | None:
     return q or None
 
 
-def prepare(model_input: Any, caption_instruction: str = DEFAULT_CAPTION_INSTRUCTION) -> tuple[list, list[str]]:
-    """Decoded images and instructions (the question, else ``caption_instruction``), one per row."""
-    images, instructions = [], []
+def prepare(model_input: Any) -> tuple[list, list[str | None]]:
+    """Decoded images and questions (None where the row asks none: the image is described), one per row."""
+    images, questions = [], []
     for i, row in enumerate(rows(model_input)):
         if row.get("image") is None:
             raise InputError(f"row {i}: no 'image'; the model reads {INPUT_CONTRACT}")
@@ -191,8 +192,27 @@ def prepare(model_input: Any, caption_instruction: str = DEFAULT_CAPTION_INSTRUC
             images.append(load_image(row["image"]))
         except InputError as exc:
             raise InputError(f"row {i}: {exc}") from None
-        instructions.append(_question(row) or caption_instruction)
-    return images, instructions
+        questions.append(_question(row))
+    return images, questions
+
+
+def predict_rows(model, images: list, questions: list[str | None], caption_instruction: str,
+                 **kwargs: Any) -> list[str]:
+    """One text per row, in row order: ``model.answer`` for the rows with a question, ``model.generate`` with
+    ``caption_instruction`` for the others, ``BATCH`` rows at a time."""
+    out: list[str | None] = [None] * len(images)
+    asked = [i for i, q in enumerate(questions) if q]
+    described = [i for i, q in enumerate(questions) if not q]
+    for start in range(0, len(asked), BATCH):
+        rows_ = asked[start:start + BATCH]
+        for i, text in zip(rows_, model.answer([images[i] for i in rows_], [questions[i] for i in rows_], **kwargs)):
+            out[i] = text
+    for start in range(0, len(described), BATCH):
+        rows_ = described[start:start + BATCH]
+        for i, text in zip(rows_, model.generate([images[i] for i in rows_], instructions=caption_instruction,
+                                                 **kwargs)):
+            out[i] = text
+    return out
 
 
 class VLMPyfunc(mlflow.pyfunc.PythonModel):
@@ -209,13 +229,9 @@ class VLMPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         params = dict(params or {})
-        images, instructions = prepare(model_input, self.caption_instruction)
+        images, questions = prepare(model_input)
         kwargs = {k: int(params[k]) for k in ("num_beams", "max_new_tokens") if params.get(k)}
         import torch
 
-        out: list[str] = []
         with torch.inference_mode():
-            for start in range(0, len(images), BATCH):
-                out.extend(self.model.generate(images[start:start + BATCH],
-                                               instructions=instructions[start:start + BATCH], **kwargs))
-        return out
+            return predict_rows(self.model, images, questions, self.caption_instruction, **kwargs)

@@ -33,8 +33,9 @@ def describe_model(config_path: str = "", model_uri: str = "") -> dict[str, Any]
 
 
 def caption_images(images: list[str], model_uri: str = "", config_path: str = "", instruction: str = "",
-                   num_beams: int = 0, max_new_tokens: int = 0) -> dict[str, Any]:
-    """Caption (or answer ``instruction`` about) image files/URIs with a saved model or an untrained config."""
+                   num_beams: int = 0, max_new_tokens: int = 0, question: str = "") -> dict[str, Any]:
+    """Caption (or follow ``instruction`` about, or answer ``question`` about) image files/URIs with a saved
+    model or an untrained config."""
     from vlm import storage
     from vlm.models import build_model, load
 
@@ -46,5 +47,8 @@ def caption_images(images: list[str], model_uri: str = "", config_path: str = ""
         model = build_model(load_config(config_path).model if config_path else None)
     data = [storage.read_bytes(uri) for uri in images]
     start = time.perf_counter()
-    texts = model.generate(data, instruction or None, num_beams=num_beams or None, max_new_tokens=max_new_tokens or None)
-    return {"captions": dict(zip(images, texts)), "seconds": round(time.perf_counter() - start, 2)}
+    kwargs = {"num_beams": num_beams or None, "max_new_tokens": max_new_tokens or None}
+    texts = (model.answer(data, [question] * len(data), **kwargs) if question
+             else model.generate(data, instruction or None, **kwargs))
+    return {"answers" if question else "captions": dict(zip(images, texts)),
+            "seconds": round(time.perf_counter() - start, 2)}

@@ -83,10 +83,10 @@ def probe(model, data_uri: str, split: str = "test", images: int = 150, batch_si
         items += [(sample["image"], q, a, answers) for q, a, answers in qa]
     if not items:
         raise ValueError(f"no {split} QA pairs under {data_uri}: nothing to probe")
-    from vlm.eval.scoring import generate
+    from vlm.eval.scoring import answer
 
-    preds = generate(model, [c[0] for c in items], [c[1] for c in items], batch_size=batch_size, num_beams=1,
-                     max_new_tokens=max_new_tokens, desc="probe")
+    preds = answer(model, [c[0] for c in items], [c[1] for c in items], batch_size=batch_size, num_beams=1,
+                   max_new_tokens=max_new_tokens, desc="probe")
     rows = [{"type": question_type(q, a), "correct": _norm(p) in {_norm(x) for x in answers},
              "lookup": lookup(q) in {_norm(x) for x in answers}, "q": q, "answer": a, "pred": p}
             for (_, q, a, answers), p in zip(items, preds)]

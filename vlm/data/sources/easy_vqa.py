@@ -27,8 +27,12 @@ def package_dir() -> str:
 
 
 def caption_from_qa(qa: list[dict]) -> str | None:
-    """'A <colour> <shape>.' inferred from an image's questions and answers (each image has one shape)."""
+    """'A <colour> <shape>.' inferred from an image's questions and answers (each image has one shape of one
+    colour): from the answers to colour / shape questions and affirmed facts, else by elimination (a shape or
+    colour is the only one its denied facts leave: "is there a circle?" no, "does the image contain a
+    rectangle?" no -> a triangle)."""
     color = shape = None
+    absent: set[str] = set()
     for item in qa:
         words = set(item["question"].rstrip("?").split())
         answer = item["answers"][0]
@@ -37,12 +41,21 @@ def caption_from_qa(qa: list[dict]) -> str | None:
         elif answer in COLORS:
             color = answer
             shape = shape or next(iter(words & SHAPES), None)
-        elif answer in ("yes", "no") and (answer == "yes") != bool(words & NEGATIONS):  # an affirmed fact
-            shape = shape or next(iter(words & SHAPES), None)
-            color = color or next(iter(words & COLORS), None)
+        elif answer in ("yes", "no"):
+            if (answer == "yes") != bool(words & NEGATIONS):  # an affirmed fact
+                shape = shape or next(iter(words & SHAPES), None)
+                color = color or next(iter(words & COLORS), None)
+            else:  # a denied fact: "is there a red shape?" no
+                absent |= words & (SHAPES | COLORS)
+    shape = shape or _only(SHAPES - absent)
+    color = color or _only(COLORS - absent)
     if shape is None:
         return f"A {color} shape." if color else None
     return f"A {color} {shape}." if color else f"A {shape}."
+
+
+def _only(left: set[str]) -> str | None:
+    return next(iter(left)) if len(left) == 1 else None
 
 
 @register

@@ -49,10 +49,10 @@ def vqa_task(model, samples, cfg) -> TaskResult | None:
     items = items[: cfg.max_questions] if cfg.max_questions else items
     if not items:
         return None
-    preds = scoring.generate(model, [s.image for s, _ in items],
-                             [cfg.vqa_instruction.replace("{question}", qa["question"]) for _, qa in items],
-                             batch_size=cfg.batch_size, num_beams=cfg.num_beams,
-                             max_new_tokens=cfg.vqa_max_new_tokens, desc="vqa")
+    preds = scoring.answer(model, [s.image for s, _ in items],
+                           [cfg.vqa_instruction.replace("{question}", qa["question"]) for _, qa in items],
+                           batch_size=cfg.batch_size, num_beams=cfg.num_beams,
+                           max_new_tokens=cfg.vqa_max_new_tokens, desc="vqa")
     records, by_answer_type = [], defaultdict(list)
     for (s, qa), pred in zip(items, preds):
         answers = qa["answers"]
