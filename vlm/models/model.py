@@ -366,8 +366,10 @@ class VisionLanguageModel(nn.Module):
             return self.generate(images, questions, num_beams=num_beams, max_new_tokens=max_new_tokens,
                                  experts=experts)
         if descriptions is None:
-            first = {id(image): i for i, image in reversed(list(enumerate(images)))}
-            rows = sorted(first.values())
+            first: dict[int, int] = {}
+            for i, image in enumerate(images):
+                first.setdefault(id(image), i)
+            rows = list(first.values())
             written = self.describe([images[i] for i in rows], num_beams,
                                     [experts[i] for i in rows] if experts is not None else None)
             by_image = {id(images[i]): text for i, text in zip(rows, written)}
