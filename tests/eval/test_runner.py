@@ -106,17 +106,16 @@ def test_coco_and_vqa_json_from_s3_logged_to_mlflow(mlflow_uri, s3_prefix, tiny_
     assert MlflowClient().get_run(train_run).data.metrics["vqa_accuracy"] == pytest.approx(vqa.metrics["vqa_accuracy"])
 
 
-def test_evaluate_stage_simple_arguments(mlflow_uri, tiny_model_uri, coco_dir, tmp_path):
-    """The entry point a kfp component wraps: plain strings in, a JSON-able summary out."""
-    from vlm.eval.stage import evaluate_stage
+def test_evaluate_result_is_json_and_tracked(mlflow_uri, tiny_model_uri, coco_dir, tmp_path):
+    """What the pipeline step hands to kfp: the result's JSON (the config as evaluated, the report, the run)."""
+    from vlm.eval.runner import EvalResult, evaluate
 
-    summary = evaluate_stage(tiny_model_uri, str(coco_dir / "captions_val2014.json"), tasks="caption",
-                             output=str(tmp_path / "out"), eval_config_json=json.dumps(
-                                 {"meteor": False, "tokenizer": "simple", "num_beams": 1, "max_new_tokens": 4,
-                                  "tasks": ["vqa"]}))
-    assert summary["config"]["tasks"] == ["caption"] and summary["config"]["num_beams"] == 1
-    assert json.loads(json.dumps(summary)) == summary
-    assert Path(summary["report"]).exists() and summary["run_id"]
+    cfg = EvalConfig(tasks=["caption"], meteor=False, tokenizer="simple", num_beams=1, max_new_tokens=4)
+    result = evaluate(tiny_model_uri, str(coco_dir / "captions_val2014.json"), cfg, output=str(tmp_path / "out"))
+    summary = result.to_dict()
+    assert isinstance(result, EvalResult) and summary["config"]["tasks"] == ["caption"]
+    assert summary["config"]["num_beams"] == 1 and json.loads(json.dumps(summary)) == summary
+    assert Path(summary["report"]).exists() and summary["run_id"] == result.run_id and result.run_id
 
 
 def test_vqa_scoring_against_known_answers(vqa_dir, tmp_path):

@@ -131,9 +131,10 @@ def test_register_rejects_bad_input(mlflow_uri, tmp_path, model_name):
         list_versions("no-such-model-xyz")
 
 
-def test_register_stage_for_pipelines(mlflow_uri, tiny_artefact, model_name, tmp_path):
-    """The simple-typed entry point a kfp component wraps: register + gate in one call, lineage recorded."""
-    from vlm.registry.stage import register_stage
+def test_register_into_the_training_run_then_gate(mlflow_uri, tiny_artefact, model_name, tmp_path):
+    """Register (lineage recorded, the pyfunc logged into the training run), then the gate promotes or keeps."""
+    from vlm.registry.config import GateConfig
+    from vlm.registry.mlflow_registry import lineage_tags, promote_if_better, register_model
 
     data = tmp_path / "data"
     data.mkdir()
@@ -141,15 +142,17 @@ def test_register_stage_for_pipelines(mlflow_uri, tiny_artefact, model_name, tmp
     from mlflow import MlflowClient
 
     client = MlflowClient()
+    gate = GateConfig(thresholds={"cider": 0.1})
     train_run = client.create_run(client.create_experiment(f"train-{model_name}")).info.run_id
-    first = register_stage(tiny_artefact, model_name, json.dumps({"metrics": {"cider": 0.2}}), run_id=train_run,
-                           data_uri=str(data), gate_json='{"thresholds": {"cider": 0.1}}')
-    assert first["version"] == "1" and first["promoted"] and _aliases(model_name)["champion"] == "1"
+    tags = lineage_tags(tiny_artefact, str(data), None, train_run)
+    first = register_model(tiny_artefact, model_name, {"cider": 0.2}, tags, train_run)
+    assert first == "1" and promote_if_better(model_name, first, gate).promoted and _aliases(model_name)["champion"] == "1"
     tags = _tags(model_name, "1")
     assert len(tags["vlm.data_manifest_sha256"]) == 64 and tags["vlm.training_run_id"] == train_run
     assert client.get_model_version(model_name, "1").run_id == train_run  # the pyfunc was logged into that run
-    second = register_stage(tiny_artefact, model_name, '{"cider": 0.15}', gate_json='{"thresholds": {"cider": 0.1}}')
-    assert second["version"] == "2" and not second["promoted"] and _aliases(model_name)["champion"] == "1"
+    second = register_model(tiny_artefact, model_name, {"cider": 0.15}, {})
+    assert second == "2" and not promote_if_better(model_name, second, gate).promoted
+    assert _aliases(model_name)["champion"] == "1"
 
 
 def test_cli_register_promote_list(mlflow_uri, tiny_artefact, model_name, tmp_path):
