@@ -130,10 +130,11 @@ def shard(config_uri: str, data_uri: str, parent_run_id: str = "") -> dict[str, 
     cfg, run_ctx = _stage(config_uri, "shard", parent_run_id)
     with run_ctx as run:
         manifest = merge_partitions(cfg.data.input, data_uri, cfg.data)
-        run.log_params({"input": cfg.data.input, "output": data_uri, "partitions": manifest.to_dict().get("partitions", 1)})
+        summary = manifest.to_dict()
+        run.log_params({"input": cfg.data.input, "output": data_uri, "partitions": summary.get("partitions", 1)})
         run.log_metrics({"num_samples": manifest.num_samples,
                          **{f"rejected.{k}": v for k, v in manifest.rejected.items()}})
-        run.log_dict(manifest.to_dict(), "manifest.json")
+        run.log_dict(summary, "manifest.json")
     return {"data_uri": data_uri, "num_samples": manifest.num_samples, "num_shards": len(manifest.shards),
             "rejected": manifest.rejected, "run_id": run.run_id}
 

@@ -91,7 +91,7 @@ def shard(
         raise typer.Exit(1) from None
     summary = manifest.to_dict()
     typer.echo(json.dumps({"output": output, "num_samples": manifest.num_samples, "splits": summary["splits"],
-                           "shards": len(manifest.shards), "partitions": getattr(manifest, "partitions", 1),
-                           "resumed_shards": manifest.resumed_shards,
+                           "shards": len(manifest.shards), "partitions": summary.get("partitions", 1),
+                           "resumed_shards": summary["resumed_shards"],
                            "rejected": {k: v for k, v in manifest.rejected.items() if v},
-                           "elapsed_s": manifest.elapsed_s}, indent=2))
+                           "elapsed_s": summary["elapsed_s"]}, indent=2))

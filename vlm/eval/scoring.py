@@ -41,14 +41,15 @@ def answer(model, images: Sequence[Any], questions: Sequence[str], *, batch_size
     images, questions = list(images), list(questions)
     descriptions = None
     if getattr(getattr(model, "config", None), "describe_first", False):
-        distinct = list({id(image): image for image in images}.values())
+        from vlm.models.model import distinct_images
+
+        rows, which = distinct_images(images)
         written: list[str] = []
-        with Progress(total=len(distinct), desc=f"{desc}: describe", unit="img") as bar:
-            for chunk in batched(distinct, batch_size):
-                written.extend(model.describe(list(chunk), num_beams=num_beams))
+        with Progress(total=len(rows), desc=f"{desc}: describe", unit="img") as bar:
+            for chunk in batched(rows, batch_size):
+                written.extend(model.describe([images[i] for i in chunk], num_beams=num_beams))
                 bar.update(len(chunk))
-        by_image = {id(image): text for image, text in zip(distinct, written)}
-        descriptions = [by_image[id(image)] for image in images]
+        descriptions = [written[j] for j in which]
     out: list[str] = []
     with Progress(total=len(images), desc=desc, unit="question") as bar:
         for start in range(0, len(images), batch_size):

@@ -366,14 +366,10 @@ class VisionLanguageModel(nn.Module):
             return self.generate(images, questions, num_beams=num_beams, max_new_tokens=max_new_tokens,
                                  experts=experts)
         if descriptions is None:
-            first: dict[int, int] = {}
-            for i, image in enumerate(images):
-                first.setdefault(id(image), i)
-            rows = list(first.values())
+            rows, which = distinct_images(images)
             written = self.describe([images[i] for i in rows], num_beams,
                                     [experts[i] for i in rows] if experts is not None else None)
-            by_image = {id(images[i]): text for i, text in zip(rows, written)}
-            descriptions = [by_image[id(image)] for image in images]
+            descriptions = [written[j] for j in which]
         if len(descriptions) != len(images):
             raise ValueError(f"{len(descriptions)} descriptions for {len(images)} images")
         given = [self._tok(f"{d} {QUESTION_MARKER}") + self._tok(f" {q.strip()} {ANSWER_MARKER}")
@@ -484,6 +480,20 @@ class VisionLanguageModel(nn.Module):
         from vlm.models.artifact import save_model
 
         return save_model(self, uri)
+
+
+def distinct_images(images: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """The first row of each distinct image object (several questions about one image share it), and for every
+    row the index of its image among those."""
+    index: dict[int, int] = {}
+    rows: list[int] = []
+    which = []
+    for i, image in enumerate(images):
+        if id(image) not in index:
+            index[id(image)] = len(rows)
+            rows.append(i)
+        which.append(index[id(image)])
+    return rows, which
 
 
 def build_model(cfg: ModelConfig | Mapping[str, Any] | None = None) -> VisionLanguageModel:

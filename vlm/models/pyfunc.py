@@ -201,17 +201,17 @@ def predict_rows(model, images: list, questions: list[str | None], caption_instr
     """One text per row, in row order: ``model.answer`` for the rows with a question, ``model.generate`` with
     ``caption_instruction`` for the others, ``BATCH`` rows at a time."""
     out: list[str | None] = [None] * len(images)
-    asked = [i for i, q in enumerate(questions) if q]
-    described = [i for i, q in enumerate(questions) if not q]
-    for start in range(0, len(asked), BATCH):
-        rows_ = asked[start:start + BATCH]
-        for i, text in zip(rows_, model.answer([images[i] for i in rows_], [questions[i] for i in rows_], **kwargs)):
-            out[i] = text
-    for start in range(0, len(described), BATCH):
-        rows_ = described[start:start + BATCH]
-        for i, text in zip(rows_, model.generate([images[i] for i in rows_], instructions=caption_instruction,
-                                                 **kwargs)):
-            out[i] = text
+
+    def fill(rows: list[int], texts) -> None:
+        for start in range(0, len(rows), BATCH):
+            chunk = rows[start:start + BATCH]
+            for i, text in zip(chunk, texts([images[i] for i in chunk], chunk)):
+                out[i] = text
+
+    fill([i for i, q in enumerate(questions) if q],
+         lambda ims, chunk: model.answer(ims, [questions[i] for i in chunk], **kwargs))
+    fill([i for i, q in enumerate(questions) if not q],
+         lambda ims, chunk: model.generate(ims, instructions=caption_instruction, **kwargs))
     return out
 
 
